@@ -1,0 +1,314 @@
+//! The `vprompt` command line: validate and run pipeline files, the one-line `propagate` form, and
+//! evaluation. Errors end as one line on stderr and exit code 2; an interrupted run exits 130.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::model::{Model, SessionOptions};
+use crate::pipeline::{run, RunOptions, RunReport};
+use crate::prompt::PromptFile;
+use crate::spec::PipelineSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "vprompt",
+    version,
+    about = "Visual in-context prompted segmentation for videos and image sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline file, its model (against the ONNX contract), its prompts and its source.
+    Validate {
+        file: PathBuf,
+        /// Override a key: `--set runtime.workers=2` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Run a pipeline file.
+    Run {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Serve Prometheus metrics on HOST:PORT during the run.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Follow objects marked on one frame through a whole video: the one-line form of propagate.
+    Propagate {
+        /// A video file, a stream URL, or a folder of numbered frames.
+        #[arg(long)]
+        video: String,
+        /// Mask PNG on the reference frame: binary = object 1; a palette PNG gives every id in it.
+        #[arg(long, required_unless_present = "prompts")]
+        mask: Option<PathBuf>,
+        /// Reference frame of --mask.
+        #[arg(long, default_value_t = 0)]
+        frame: u64,
+        /// A prompt file (objects with masks, boxes, points, scribbles) instead of --mask.
+        #[arg(long, conflicts_with = "mask")]
+        prompts: Option<PathBuf>,
+        /// Output folder: masks/ (palette PNGs), overlay.mp4, results.jsonl, coco.json, report.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Model folder (default: the shipped models/vprompt-lite0).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Parallel model workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Skip the overlay video.
+        #[arg(long)]
+        no_video: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Evaluate written outputs against ground truth.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// DAVIS J&F of label PNGs (semi-supervised protocol: first and last frames excluded).
+    Davis {
+        #[arg(long)]
+        pred: PathBuf,
+        #[arg(long)]
+        gt: PathBuf,
+        /// Only these sequences (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        sequences: Vec<String>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vprompt=info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn dispatch(cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Validate { file, set } => {
+            let spec = PipelineSpec::load(&file, &set)?;
+            let opts = SessionOptions {
+                device: spec.runtime.device.parse().map_err(anyhow::Error::msg)?,
+                threads: 1,
+                library: None,
+            };
+            let model = Model::load(&spec.model, &opts)?;
+            if let Some(p) = &spec.prompts {
+                let prompts = PromptFile::load(p)?;
+                println!("prompts: {} objects", prompts.objects.len());
+            }
+            let mut reader = crate::source::open(&spec.source)?;
+            let first = reader
+                .next_frame()
+                .with_context(|| "the source has no frame".to_string())?;
+            let img = first.image?;
+            println!(
+                "model: {} (input {}x{}, identity {})",
+                model.spec.name,
+                model.input_size(),
+                model.input_size(),
+                model.identity
+            );
+            println!("source: first frame {}x{}", img.width(), img.height());
+            println!("{}: ok", file.display());
+            Ok(0)
+        }
+        Command::Run {
+            file,
+            set,
+            metrics_addr,
+            quiet,
+        } => {
+            let spec = PipelineSpec::load(&file, &set)?;
+            execute(spec, metrics_addr, quiet)
+        }
+        Command::Propagate {
+            video,
+            mask,
+            frame,
+            prompts,
+            out,
+            model,
+            device,
+            workers,
+            no_video,
+            quiet,
+        } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let prompts = match (prompts, mask) {
+                (Some(p), _) => p,
+                (None, Some(m)) => {
+                    let file = PromptFile::from_mask(&m, frame)?;
+                    let path = out.join("prompts.yaml");
+                    write_prompts(&file, &path)?;
+                    path
+                }
+                (None, None) => anyhow::bail!("give --mask or --prompts"),
+            };
+            let model = match model {
+                Some(m) => m,
+                None => default_model()?,
+            };
+            let is_dir = Path::new(&video).is_dir();
+            let source = if is_dir {
+                format!("frames: {}", yaml_str(&video))
+            } else {
+                format!("video: {}", yaml_str(&video))
+            };
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let mut sinks = vec![
+                format!(
+                    "  - {{ kind: palette_png, dir: {} }}",
+                    yaml_str(&abs(&out.join("masks")).to_string_lossy())
+                ),
+                format!(
+                    "  - {{ kind: jsonl, path: {} }}",
+                    yaml_str(&abs(&out.join("results.jsonl")).to_string_lossy())
+                ),
+                format!(
+                    "  - {{ kind: coco, path: {} }}",
+                    yaml_str(&abs(&out.join("coco.json")).to_string_lossy())
+                ),
+            ];
+            if !no_video {
+                sinks.push(format!(
+                    "  - {{ kind: video, path: {} }}",
+                    yaml_str(&abs(&out.join("overlay.mp4")).to_string_lossy())
+                ));
+            }
+            let text = format!(
+                "source: {{ {source} }}\nmodel: {}\nprompts: {}\njob: {{ kind: propagate }}\nsinks:\n{}\nruntime: {{ device: {}, workers: {workers} }}\n",
+                yaml_str(&abs(&model).to_string_lossy()),
+                yaml_str(&abs(&prompts).to_string_lossy()),
+                sinks.join("\n"),
+                yaml_str(&device),
+            );
+            let spec_path = out.join("pipeline.yaml");
+            std::fs::write(&spec_path, &text)
+                .with_context(|| format!("cannot write {}", spec_path.display()))?;
+            let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
+            execute(spec, None, quiet)
+        }
+        Command::Eval(EvalCommand::Davis {
+            pred,
+            gt,
+            sequences,
+            json,
+        }) => {
+            let report = crate::eval::davis::evaluate(&pred, &gt, &sequences)?;
+            print!("{}", report.table());
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", j.display()))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn execute(spec: PipelineSpec, metrics_addr: Option<SocketAddr>, quiet: bool) -> Result<i32> {
+    let opts = RunOptions {
+        metrics_addr,
+        progress: !quiet,
+        stop: Arc::new(AtomicBool::new(false)),
+        handle_signals: true,
+        slow_sink: None,
+    };
+    let rt = runtime()?;
+    let report: RunReport = rt.block_on(run(spec, opts))?;
+    eprint!("{}", report.table());
+    Ok(if report.interrupted { 130 } else { 0 })
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn write_prompts(file: &PromptFile, path: &Path) -> Result<()> {
+    let mut text = String::from("objects:\n");
+    for o in &file.objects {
+        let mask = o
+            .mask
+            .as_ref()
+            .map(|m| std::path::absolute(m).unwrap_or_else(|_| m.clone()));
+        text.push_str(&format!(
+            "  - {{ id: {}, frame: {}, mask: {}{} }}\n",
+            o.id,
+            o.frame,
+            yaml_str(&mask.unwrap_or_default().to_string_lossy()),
+            o.mask_value
+                .map(|v| format!(", mask_value: {v}"))
+                .unwrap_or_default()
+        ));
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The shipped model: `models/vprompt-lite0` in the working directory or above the executable.
+fn default_model() -> Result<PathBuf> {
+    let rel = Path::new("models/vprompt-lite0");
+    if rel.join("model.yaml").is_file() {
+        return Ok(rel.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1) {
+            let p = up.join(rel);
+            if p.join("model.yaml").is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    anyhow::bail!("no --model given and the shipped model models/vprompt-lite0 was not found; pass --model DIR")
+}

@@ -1,0 +1,218 @@
+//! The propagate job's per-frame step: start objects on their reference frames, match every object's
+//! memory against the frame's interactive queries, make masks for the winners only, give each pixel to
+//! one object, and write confident predictions back into the memories.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::referring::{candidates, rank};
+use crate::error::{Error, Result};
+use crate::model::{Features, Letterbox, Model, Queries, Tensor};
+use crate::post::mask::{frame_logits, input_logits, mask_to_input};
+use crate::post::BinaryMask;
+use crate::prompt::raster::rasterize;
+use crate::prompt::{ObjectMemory, PromptFile};
+use crate::spec::JobSpec;
+
+/// How many ranked queries are tried for an object before it is declared not found on a frame
+/// (a winner whose mask is at most `min_area` pixels gives way to the next).
+const TRIES: usize = 5;
+
+/// One object's result on one frame.
+#[derive(Debug, Clone)]
+pub struct ObjectResult {
+    pub id: u8,
+    pub mask: BinaryMask,
+    /// Softmax match score of the chosen query (1 on a mask-prompted reference frame, 0 when not found).
+    pub score: f32,
+    pub area: u64,
+    /// Tight box in frame pixels, `xyxy`, `None` when the mask is empty.
+    pub box_xyxy: Option<[u32; 4]>,
+}
+
+/// All objects on one frame, with one id per pixel.
+#[derive(Debug, Clone)]
+pub struct FrameObjects {
+    pub width: u32,
+    pub height: u32,
+    /// Object id per pixel (0 = background).
+    pub labels: Vec<u8>,
+    pub objects: Vec<ObjectResult>,
+}
+
+/// Per object on one frame: id, frame logits (`None` = not found), score, model-input mask for the memory.
+type Found = (u8, Option<Vec<f32>>, f32, Option<Vec<f32>>);
+
+/// Follows the objects of a prompt file through a sequence of frames, in order.
+pub struct Tracker {
+    model: Arc<Model>,
+    job: JobSpec,
+    prompts: PromptFile,
+    memories: BTreeMap<u8, ObjectMemory>,
+}
+
+impl Tracker {
+    pub fn new(model: Arc<Model>, job: JobSpec, prompts: PromptFile) -> Self {
+        Tracker {
+            model,
+            job,
+            prompts,
+            memories: BTreeMap::new(),
+        }
+    }
+
+    /// Ids of objects whose reference frame has not been seen yet.
+    pub fn waiting(&self) -> Vec<(u8, u64)> {
+        self.prompts
+            .objects
+            .iter()
+            .filter(|o| !self.memories.contains_key(&o.id))
+            .map(|o| (o.id, o.frame))
+            .collect()
+    }
+
+    /// Processes the frame with source index `index` (frames must come in order).
+    pub fn step(
+        &mut self,
+        index: u64,
+        lb: &Letterbox,
+        feats: &Features,
+        queries: &Queries,
+    ) -> Result<FrameObjects> {
+        let (w, h) = (lb.frame_w, lb.frame_h);
+        let mask_feat = feats
+            .get(crate::model::contract::names::MASK_FEAT)
+            .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
+        let size = self.model.input_size();
+        let s2 = (size * size) as usize;
+
+        // Objects starting here: rasterise their prompts and pin the embeddings.
+        let starting: Vec<_> = self
+            .prompts
+            .objects
+            .iter()
+            .filter(|o| o.frame == index && !self.memories.contains_key(&o.id))
+            .cloned()
+            .collect();
+        let mut given: BTreeMap<u8, BinaryMask> = BTreeMap::new();
+        if !starting.is_empty() {
+            let mut masks = Vec::with_capacity(starting.len() * s2);
+            let mut frame_masks = Vec::new();
+            for o in &starting {
+                let m = rasterize(o, w, h)?;
+                masks.extend(mask_to_input(&m, lb));
+                frame_masks.push(m);
+            }
+            let t = Tensor::new(vec![starting.len(), 1, size as usize, size as usize], masks);
+            let embeds = self.model.encode_prompts(feats, &t)?;
+            for ((o, e), m) in starting.iter().zip(embeds).zip(frame_masks) {
+                self.memories
+                    .insert(o.id, ObjectMemory::new(e, self.job.memory));
+                if o.is_mask_only() {
+                    given.insert(o.id, m);
+                }
+            }
+        }
+
+        let cands = candidates(
+            queries,
+            &self.model.spec.queries,
+            self.job.min_iou,
+            self.job.nms_iou,
+        );
+        let scale = self.model.spec.classifier.logit_scale;
+        let mut found: Vec<Found> = Vec::new();
+        for (&id, memory) in &self.memories {
+            if let Some(m) = given.get(&id) {
+                let logits = m
+                    .data
+                    .iter()
+                    .map(|&v| if v != 0 { 1.0 } else { -1.0 })
+                    .collect();
+                found.push((id, Some(logits), 1.0, None));
+                continue;
+            }
+            let ranked = rank(queries, &cands, &memory.lookup(), scale);
+            let mut pick = None;
+            for &(q, p) in ranked.iter().take(TRIES) {
+                if p < self.job.min_score {
+                    break;
+                }
+                let il = input_logits(mask_feat, queries.mask_row(q), size);
+                let fl = frame_logits(&il, lb);
+                let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
+                if area > self.job.min_area {
+                    pick = Some((fl, p, il));
+                    break;
+                }
+            }
+            match pick {
+                Some((fl, p, il)) => {
+                    let remember = p >= self.job.memory_min_score;
+                    let input_mask =
+                        remember.then(|| il.iter().map(|&v| (v > 0.0) as u8 as f32).collect());
+                    found.push((id, Some(fl), p, input_mask));
+                }
+                None => found.push((id, None, 0.0, None)),
+            }
+        }
+
+        // One id per pixel: the object with the highest positive logit.
+        let n = (w * h) as usize;
+        let mut labels = vec![0u8; n];
+        let mut best = vec![0.0f32; n];
+        for (id, logits, _, _) in &found {
+            if let Some(l) = logits {
+                for i in 0..n {
+                    if l[i] > best[i] {
+                        best[i] = l[i];
+                        labels[i] = *id;
+                    }
+                }
+            }
+        }
+        let objects = found
+            .iter()
+            .map(|(id, _, score, _)| {
+                let mask = BinaryMask {
+                    width: w,
+                    height: h,
+                    data: labels.iter().map(|&l| (l == *id) as u8).collect(),
+                };
+                let area = mask.area();
+                ObjectResult {
+                    id: *id,
+                    box_xyxy: mask.bbox_xyxy(),
+                    score: if area > 0 { *score } else { 0.0 },
+                    area,
+                    mask,
+                }
+            })
+            .collect();
+
+        // Confident predictions re-encoded as prompts on this frame.
+        let updates: Vec<(u8, Vec<f32>)> = found
+            .into_iter()
+            .filter_map(|(id, _, _, m)| m.map(|m| (id, m)))
+            .collect();
+        if !updates.is_empty() {
+            let mut data = Vec::with_capacity(updates.len() * s2);
+            for (_, m) in &updates {
+                data.extend_from_slice(m);
+            }
+            let t = Tensor::new(vec![updates.len(), 1, size as usize, size as usize], data);
+            let embeds = self.model.encode_prompts(feats, &t)?;
+            for ((id, _), e) in updates.iter().zip(embeds) {
+                if let Some(mem) = self.memories.get_mut(id) {
+                    mem.remember(e);
+                }
+            }
+        }
+        Ok(FrameObjects {
+            width: w,
+            height: h,
+            labels,
+            objects,
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Built-in evaluation of written outputs against ground truth (DAVIS J&F).
+
+pub mod davis;

@@ -1,0 +1,20 @@
+//! vprompt: visual in-context prompted segmentation (the DINOv method) as a streaming pipeline.
+//!
+//! A frame goes `source` -> `model` (letterbox, encoder, decoder) -> `decode` (prompt memory lookup,
+//! matching) -> `post` (masks, NMS, RLE) -> `sink`. `spec` reads the YAML that wires it; `pipeline` runs it.
+
+pub mod cli;
+pub mod decode;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod pipeline;
+pub mod post;
+pub mod prompt;
+pub mod sink;
+pub mod source;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use pipeline::{run, RunOptions, RunReport};
+pub use spec::PipelineSpec;

@@ -1,0 +1,284 @@
+//! `model.yaml`: what a model folder promises (input size, normalisation, queries, graph I/O).
+//! Parsing and checking the promise against the real graphs happens here; running them is `session.rs`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The parsed `model.yaml` of a model folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub input: InputSpec,
+    pub queries: QuerySpec,
+    pub classifier: ClassifierSpec,
+    pub graphs: GraphsSpec,
+    #[serde(default)]
+    pub provenance: serde_yaml::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Side of the square model input, in model-input pixels.
+    pub size: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    /// Generic (learned) queries, first in the query axis.
+    pub generic: usize,
+    /// Side of the interactive point grid (DINOv: 20).
+    pub grid: usize,
+    /// Granularity levels per point.
+    pub levels: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSpec {
+    pub logit_scale: f32,
+    #[serde(default)]
+    pub logit_bias: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphsSpec {
+    pub encoder: GraphSpec,
+    pub prompt_encoder: GraphSpec,
+    pub decoder: GraphSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    pub file: PathBuf,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub dtype: String,
+    pub shape: Vec<Dim>,
+}
+
+/// One dimension of a tensor: a fixed size or a named, possibly dynamic one (`batch`, `points`, ...).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Named(s) => f.write_str(s),
+        }
+    }
+}
+
+impl TensorSpec {
+    /// Size of dimension `i` when it is fixed.
+    pub fn fixed(&self, i: usize) -> Option<usize> {
+        match self.shape.get(i) {
+            Some(Dim::Fixed(n)) if *n >= 0 => Some(*n as usize),
+            _ => None,
+        }
+    }
+
+    fn shape_text(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        format!("[{}]", dims.join(", "))
+    }
+}
+
+/// The tensor names vprompt itself feeds or reads; all others are passed from encoder outputs by name.
+pub mod names {
+    pub const IMAGE: &str = "image";
+    pub const MASK_FEAT: &str = "mask_feat";
+    pub const PROMPT_MASK: &str = "prompt_mask";
+    pub const PROMPT_EMBED: &str = "prompt_embed";
+    pub const POINTS: &str = "points";
+    pub const PRED_IOU: &str = "pred_iou";
+    pub const PRED_BOXES: &str = "pred_boxes";
+    pub const QUERY_EMBED: &str = "query_embed";
+    pub const MASK_EMBED: &str = "mask_embed";
+}
+
+impl ModelSpec {
+    /// Reads and checks `model.yaml` in `dir` (the parts that need no graph).
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join("model.yaml");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Model {
+            path: path.clone(),
+            msg: format!(
+                "cannot read it ({e}); `model:` must name a model folder holding model.yaml and its ONNX graphs"
+            ),
+        })?;
+        let spec: ModelSpec = serde_yaml::from_str(&text).map_err(|e| Error::Model {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        spec.check_self(&path)?;
+        Ok(spec)
+    }
+
+    fn check_self(&self, path: &Path) -> Result<(), Error> {
+        let bad = |msg: String| Error::Model {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let s = self.input.size;
+        if s == 0 || s % 32 != 0 {
+            return Err(bad(format!(
+                "input.size is {s}; it must be a positive multiple of 32"
+            )));
+        }
+        if self.input.std.iter().any(|v| *v <= 0.0) {
+            return Err(bad("input.std must be positive".into()));
+        }
+        if self.queries.grid == 0 || self.queries.levels == 0 {
+            return Err(bad(
+                "queries.grid and queries.levels must be at least 1".into()
+            ));
+        }
+        let g = &self.graphs;
+        let need = |graph: &str, spec: &GraphSpec, inputs: &[&str], outputs: &[&str]| {
+            for n in inputs {
+                if !spec.inputs.iter().any(|t| t.name == *n) {
+                    return Err(bad(format!("graphs.{graph}.inputs must list `{n}`")));
+                }
+            }
+            for n in outputs {
+                if !spec.outputs.iter().any(|t| t.name == *n) {
+                    return Err(bad(format!("graphs.{graph}.outputs must list `{n}`")));
+                }
+            }
+            for t in spec.inputs.iter().chain(&spec.outputs) {
+                if t.dtype != "f32" {
+                    return Err(bad(format!(
+                        "graphs.{graph}: tensor `{}` has type `{}`; the contract uses f32 only",
+                        t.name, t.dtype
+                    )));
+                }
+            }
+            Ok(())
+        };
+        use names::*;
+        need("encoder", &g.encoder, &[IMAGE], &[MASK_FEAT])?;
+        need(
+            "prompt_encoder",
+            &g.prompt_encoder,
+            &[PROMPT_MASK],
+            &[PROMPT_EMBED],
+        )?;
+        need(
+            "decoder",
+            &g.decoder,
+            &[POINTS],
+            &[PRED_IOU, PRED_BOXES, QUERY_EMBED, MASK_EMBED],
+        )?;
+        for (graph, spec, own) in [
+            ("prompt_encoder", &g.prompt_encoder, PROMPT_MASK),
+            ("decoder", &g.decoder, POINTS),
+        ] {
+            for t in &spec.inputs {
+                if t.name != own && !g.encoder.outputs.iter().any(|o| o.name == t.name) {
+                    return Err(bad(format!(
+                        "graphs.{graph}.inputs: `{}` is neither `{own}` nor an encoder output",
+                        t.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of queries the decoder returns for `points` point queries.
+    pub fn query_count(&self, points: usize) -> usize {
+        self.queries.generic + points * self.queries.levels
+    }
+
+    /// Stride-4 mask feature channels (M) and grid side, from the encoder's `mask_feat`.
+    pub fn mask_feat_dims(&self) -> Option<(usize, usize)> {
+        let t = self
+            .graphs
+            .encoder
+            .outputs
+            .iter()
+            .find(|t| t.name == names::MASK_FEAT)?;
+        Some((t.fixed(1)?, t.fixed(2)?))
+    }
+}
+
+/// Compares a graph's real inputs or outputs with what `model.yaml` says.
+/// `actual` holds (name, element type text, dims with -1 for dynamic).
+pub fn check_tensors(
+    graph_file: &Path,
+    role: &str,
+    declared: &[TensorSpec],
+    actual: &[(String, String, Vec<i64>)],
+) -> Result<(), Error> {
+    let bad = |msg: String| Error::Contract {
+        graph: graph_file.to_path_buf(),
+        msg,
+    };
+    for d in declared {
+        let Some((_, ty, dims)) = actual.iter().find(|(n, _, _)| *n == d.name) else {
+            let have: Vec<&str> = actual.iter().map(|(n, _, _)| n.as_str()).collect();
+            return Err(bad(format!(
+                "{role} `{}` is declared in model.yaml but the graph has no such {role}; it has: {}",
+                d.name,
+                have.join(", ")
+            )));
+        };
+        if ty != "f32" {
+            return Err(bad(format!(
+                "{role} `{}` is {ty} in the graph; the contract wants f32",
+                d.name
+            )));
+        }
+        if dims.len() != d.shape.len() {
+            return Err(bad(format!(
+                "{role} `{}` has rank {} in the graph but model.yaml declares {}",
+                d.name,
+                dims.len(),
+                d.shape_text()
+            )));
+        }
+        for (i, (real, want)) in dims.iter().zip(&d.shape).enumerate() {
+            if let Dim::Fixed(n) = want {
+                if *real >= 0 && real != n {
+                    return Err(bad(format!(
+                        "{role} `{}` dimension {i} is {real} in the graph but model.yaml declares {}",
+                        d.name,
+                        d.shape_text()
+                    )));
+                }
+            }
+        }
+    }
+    if role == "input" {
+        for (n, _, _) in actual {
+            if !declared.iter().any(|d| d.name == *n) {
+                return Err(bad(format!(
+                    "the graph has an input `{n}` that model.yaml does not declare, so vprompt cannot feed it"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! The three ONNX graphs of a model as sessions: tensors in, tensors out, checked against the contract.
+//! Pixels, letterboxing and masks live elsewhere (`letterbox.rs`, `post/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+
+use super::contract::{check_tensors, names, GraphSpec, ModelSpec};
+use super::runtime::{cuda_compiled_in, ensure_loaded, Device};
+use crate::error::{Error, Result};
+
+/// How to start the sessions.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session.
+    pub threads: usize,
+    /// Explicit library path (else `ORT_DYLIB_PATH` or the project-local install).
+    pub library: Option<PathBuf>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            device: Device::Cpu,
+            threads: 2,
+            library: None,
+        }
+    }
+}
+
+/// A dense f32 tensor that owns its values (row-major).
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor { shape, data }
+    }
+
+    /// Item `i` of the leading (batch) axis, as a tensor with batch 1.
+    pub fn item(&self, i: usize) -> Tensor {
+        let per: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = 1;
+        Tensor::new(shape, self.data[i * per..(i + 1) * per].to_vec())
+    }
+
+    /// Stacks batch-1 tensors of equal shape along the batch axis.
+    pub fn stack(items: &[&Tensor]) -> Tensor {
+        let mut shape = items[0].shape.clone();
+        shape[0] = items.len();
+        let mut data = Vec::with_capacity(items.iter().map(|t| t.data.len()).sum());
+        for t in items {
+            data.extend_from_slice(&t.data);
+        }
+        Tensor::new(shape, data)
+    }
+}
+
+/// Encoder outputs of one frame (batch 1), by name.
+#[derive(Debug, Clone)]
+pub struct Features {
+    pub maps: Vec<(String, Tensor)>,
+}
+
+impl Features {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.maps.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// Decoder outputs of one frame: per query a predicted IoU, a box, an embedding and a mask embedding.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pub count: usize,
+    pub iou: Vec<f32>,
+    /// `cxcywh`, normalised to the model input.
+    pub boxes_cxcywh: Vec<[f32; 4]>,
+    /// `count x embed_dim`, L2-normalised rows.
+    pub embed: Vec<f32>,
+    pub embed_dim: usize,
+    /// `count x mask_dim`.
+    pub mask_embed: Vec<f32>,
+    pub mask_dim: usize,
+}
+
+impl Queries {
+    pub fn embed_row(&self, q: usize) -> &[f32] {
+        &self.embed[q * self.embed_dim..(q + 1) * self.embed_dim]
+    }
+    pub fn mask_row(&self, q: usize) -> &[f32] {
+        &self.mask_embed[q * self.mask_dim..(q + 1) * self.mask_dim]
+    }
+}
+
+struct Graph {
+    file: PathBuf,
+    spec: GraphSpec,
+    session: Mutex<Session>,
+}
+
+/// A loaded model: its spec and one session per graph. Sessions run one call at a time each.
+pub struct Model {
+    pub dir: PathBuf,
+    pub spec: ModelSpec,
+    /// sha256 over model.yaml and the three graph files: the identity banks are tied to.
+    pub identity: String,
+    encoder: Graph,
+    prompt_encoder: Graph,
+    decoder: Graph,
+}
+
+impl Model {
+    /// Loads `dir/model.yaml`, opens the graphs and checks every declared tensor against them.
+    pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Model> {
+        let spec = ModelSpec::load(dir)?;
+        let env = ensure_loaded(opts.library.as_deref())?;
+        if let Device::Cuda(_) = opts.device {
+            if !cuda_compiled_in() {
+                return Err(Error::Runtime(
+                    "device cuda was asked for, but this ONNX Runtime library has no CUDA execution provider; \
+                     install the onnxruntime-gpu wheel's library (ORT_DYLIB_PATH) or use `device: cpu`"
+                        .into(),
+                ));
+            }
+        }
+        let open = |g: &GraphSpec| -> Result<Graph> {
+            let file = dir.join(&g.file);
+            let session = open_session(&env, &file, opts)?;
+            let actual_in = outlets(session.inputs());
+            let actual_out = outlets(session.outputs());
+            check_tensors(&file, "input", &g.inputs, &actual_in)?;
+            check_tensors(&file, "output", &g.outputs, &actual_out)?;
+            Ok(Graph {
+                file,
+                spec: g.clone(),
+                session: Mutex::new(session),
+            })
+        };
+        let encoder = open(&spec.graphs.encoder)?;
+        let prompt_encoder = open(&spec.graphs.prompt_encoder)?;
+        let decoder = open(&spec.graphs.decoder)?;
+        let identity = identity_of(dir, &spec)?;
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            spec,
+            identity,
+            encoder,
+            prompt_encoder,
+            decoder,
+        })
+    }
+
+    pub fn input_size(&self) -> u32 {
+        self.spec.input.size
+    }
+
+    /// Runs the encoder on a batch `[B,3,S,S]` of normalised images; returns one `Features` per item.
+    pub fn encode(&self, images: &Tensor) -> Result<Vec<Features>> {
+        let outs = run(&self.encoder, &[(names::IMAGE, images)])?;
+        let b = images.shape[0];
+        Ok((0..b)
+            .map(|i| Features {
+                maps: outs.iter().map(|(n, t)| (n.clone(), t.item(i))).collect(),
+            })
+            .collect())
+    }
+
+    /// Runs the decoder on a batch of frames' features with the given point queries (`[N,2]`, normalised).
+    pub fn decode(&self, feats: &[&Features], points: &[[f32; 2]]) -> Result<Vec<Queries>> {
+        let pts = Tensor::new(
+            vec![points.len(), 2],
+            points.iter().flat_map(|p| p.iter().copied()).collect(),
+        );
+        let stacked = stack_inputs(&self.decoder, feats)?;
+        let mut inputs: Vec<(&str, &Tensor)> =
+            stacked.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        inputs.push((names::POINTS, &pts));
+        let outs = run(&self.decoder, &inputs)?;
+        let get = |n: &str| -> Result<&Tensor> {
+            outs.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, t)| t)
+                .ok_or_else(|| Error::Contract {
+                    graph: self.decoder.file.clone(),
+                    msg: format!("output `{n}` missing at run time"),
+                })
+        };
+        let (iou, boxes, embed, mask) = (
+            get(names::PRED_IOU)?,
+            get(names::PRED_BOXES)?,
+            get(names::QUERY_EMBED)?,
+            get(names::MASK_EMBED)?,
+        );
+        let b = feats.len();
+        let q = self.spec.query_count(points.len());
+        let shape_err = |n: &str, t: &Tensor| Error::Contract {
+            graph: self.decoder.file.clone(),
+            msg: format!(
+                "output `{n}` has shape {:?} at run time; expected batch {b} and {q} queries \
+                 (generic + points x levels)",
+                t.shape
+            ),
+        };
+        if iou.shape != [b, q] {
+            return Err(shape_err(names::PRED_IOU, iou));
+        }
+        if boxes.shape != [b, q, 4] {
+            return Err(shape_err(names::PRED_BOXES, boxes));
+        }
+        if embed.shape.len() != 3 || embed.shape[..2] != [b, q] {
+            return Err(shape_err(names::QUERY_EMBED, embed));
+        }
+        if mask.shape.len() != 3 || mask.shape[..2] != [b, q] {
+            return Err(shape_err(names::MASK_EMBED, mask));
+        }
+        let (d, m) = (embed.shape[2], mask.shape[2]);
+        Ok((0..b)
+            .map(|i| Queries {
+                count: q,
+                iou: iou.data[i * q..(i + 1) * q].to_vec(),
+                boxes_cxcywh: boxes.data[i * q * 4..(i + 1) * q * 4]
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect(),
+                embed: embed.data[i * q * d..(i + 1) * q * d].to_vec(),
+                embed_dim: d,
+                mask_embed: mask.data[i * q * m..(i + 1) * q * m].to_vec(),
+                mask_dim: m,
+            })
+            .collect())
+    }
+
+    /// Encodes `P` prompt masks (`[P,1,S,S]`, 1 inside) on one frame's features; returns `P` embeddings.
+    pub fn encode_prompts(&self, feats: &Features, masks: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let stacked = stack_inputs(&self.prompt_encoder, &[feats])?;
+        let mut inputs: Vec<(&str, &Tensor)> =
+            stacked.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        inputs.push((names::PROMPT_MASK, masks));
+        let outs = run(&self.prompt_encoder, &inputs)?;
+        let t = &outs
+            .iter()
+            .find(|(n, _)| n == names::PROMPT_EMBED)
+            .ok_or_else(|| Error::Contract {
+                graph: self.prompt_encoder.file.clone(),
+                msg: "output `prompt_embed` missing at run time".into(),
+            })?
+            .1;
+        let p = masks.shape[0];
+        if t.shape.len() != 2 || t.shape[0] != p {
+            return Err(Error::Contract {
+                graph: self.prompt_encoder.file.clone(),
+                msg: format!(
+                    "output `prompt_embed` has shape {:?}; expected [{p}, D]",
+                    t.shape
+                ),
+            });
+        }
+        Ok(t.data
+            .chunks_exact(t.shape[1])
+            .map(|c| c.to_vec())
+            .collect())
+    }
+}
+
+/// The encoder outputs a graph takes, stacked over a batch of frames.
+fn stack_inputs(graph: &Graph, feats: &[&Features]) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for t in &graph.spec.inputs {
+        if t.name == names::POINTS || t.name == names::PROMPT_MASK {
+            continue;
+        }
+        let items: Vec<&Tensor> = feats
+            .iter()
+            .map(|f| {
+                f.get(&t.name).ok_or_else(|| Error::Contract {
+                    graph: graph.file.clone(),
+                    msg: format!("input `{}` is not among the encoder's outputs", t.name),
+                })
+            })
+            .collect::<Result<_>>()?;
+        out.push((t.name.clone(), Tensor::stack(&items)));
+    }
+    Ok(out)
+}
+
+fn run(graph: &Graph, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    let values = inputs
+        .iter()
+        .map(|(name, t)| {
+            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let v = TensorRef::from_array_view((shape, t.data.as_slice()))?;
+            Ok((name.to_string(), v.into()))
+        })
+        .collect::<Result<Vec<(String, ort::session::SessionInputValue<'_>)>, ort::Error>>()?;
+    let mut session = graph.session.lock().map_err(|_| {
+        Error::Runtime(format!("{}: a previous run panicked", graph.file.display()))
+    })?;
+    let outputs = session.run(values).map_err(|e| Error::Contract {
+        graph: graph.file.clone(),
+        msg: format!("run failed: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for (name, value) in outputs.iter() {
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::Contract {
+                graph: graph.file.clone(),
+                msg: format!("output `{name}`: {e}"),
+            })?;
+        out.push((
+            name.to_string(),
+            Tensor::new(shape.iter().map(|&d| d as usize).collect(), data.to_vec()),
+        ));
+    }
+    Ok(out)
+}
+
+fn open_session(
+    env: &ort::environment::Environment,
+    file: &Path,
+    opts: &SessionOptions,
+) -> Result<Session> {
+    if !file.is_file() {
+        return Err(Error::Contract {
+            graph: file.to_path_buf(),
+            msg: "file not found; the model folder must hold the graph named in model.yaml".into(),
+        });
+    }
+    let mut builder = Session::builder(env)
+        .map_err(|e| Error::Ort(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(ort::Error::from)?
+        .with_intra_threads(opts.threads.max(1))
+        .map_err(ort::Error::from)?;
+    match opts.device {
+        Device::Cpu => {}
+        Device::Cuda(id) => {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(id)
+                    .build()
+                    .error_on_failure()])
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "CUDA device {id} could not be used ({e}); check the driver and the onnxruntime-gpu \
+                         library, or use `device: cpu`"
+                    ))
+                })?;
+        }
+        Device::Auto => {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build()])
+                .map_err(ort::Error::from)?;
+        }
+    }
+    builder.commit_from_file(file).map_err(|e| Error::Contract {
+        graph: file.to_path_buf(),
+        msg: format!("ONNX Runtime cannot load it ({e}); is it a complete ONNX file?"),
+    })
+}
+
+fn outlets(list: &[ort::value::Outlet]) -> Vec<(String, String, Vec<i64>)> {
+    list.iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let ty = if *ty == ort::value::TensorElementType::Float32 {
+                    "f32".to_string()
+                } else {
+                    ty.to_string()
+                };
+                (o.name().to_string(), ty, shape.to_vec())
+            }
+            other => (o.name().to_string(), format!("{other:?}"), vec![]),
+        })
+        .collect()
+}
+
+fn identity_of(dir: &Path, spec: &ModelSpec) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let files = [
+        PathBuf::from("model.yaml"),
+        spec.graphs.encoder.file.clone(),
+        spec.graphs.prompt_encoder.file.clone(),
+        spec.graphs.decoder.file.clone(),
+    ];
+    for f in files {
+        let path = dir.join(&f);
+        let bytes = std::fs::read(&path).map_err(|e| Error::Model {
+            path: path.clone(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        h.update(&bytes);
+    }
+    let digest = h.finalize();
+    Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+}

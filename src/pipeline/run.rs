@@ -1,0 +1,618 @@
+//! Builds the running stages from a spec and drives them to the end (or to a clean stop).
+//!
+//! Every queue is an `async_channel::bounded` of `runtime.queue_capacity`; a full queue blocks the stage
+//! that feeds it, so at most `in_flight_bound()` frames exist at once however long the source is. CPU
+//! work runs on tokio's blocking pool; the async threads only wait, watch signals and serve metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use image::RgbImage;
+
+use super::stats::{peak_rss_mib, InFlight, ItemError, RunReport, StageStats, QUEUE_DEPTH};
+use crate::decode::{FrameObjects, Tracker};
+use crate::error::{Error, Result};
+use crate::model::{
+    Device, Features, Letterbox, Model, Preprocessor, Queries, SessionOptions, Tensor,
+};
+use crate::post::PointGrid;
+use crate::prompt::PromptFile;
+use crate::sink::{self, FrameRecord, Sink, SinkContext};
+use crate::source::{self, FrameRange};
+use crate::spec::{OnError, PipelineSpec, SinkSpec};
+
+/// How to run, besides the spec.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Serve Prometheus metrics here during the run.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Show a progress bar (when stderr is a terminal) or log progress lines.
+    pub progress: bool,
+    /// Set to stop reading; in-flight frames are finished and every file closed.
+    pub stop: Arc<AtomicBool>,
+    /// Also stop on Ctrl-C / SIGTERM.
+    pub handle_signals: bool,
+    /// A test hook: sleep this long in the sink stage per frame (a deliberately slow sink).
+    pub slow_sink: Option<Duration>,
+}
+
+struct SourceItem {
+    seq: u64,
+    index: u64,
+    name: String,
+    image: Result<Arc<RgbImage>>,
+}
+
+struct Encoded {
+    seq: u64,
+    index: u64,
+    name: String,
+    image: Arc<RgbImage>,
+    outcome: Result<(Letterbox, Features, Queries)>,
+}
+
+struct Finished {
+    seq: u64,
+    index: u64,
+    name: String,
+    image: Option<Arc<RgbImage>>,
+    outcome: Result<FrameObjects>,
+    stage: &'static str,
+}
+
+/// Runs a pipeline to its end and returns the report. Setup errors (spec, model, prompts, source, sinks)
+/// come back before any frame is read.
+pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let device: Device = spec.runtime.device.parse().map_err(Error::Runtime)?;
+    let workers = spec.runtime.workers;
+    let threads = if spec.runtime.threads > 0 {
+        spec.runtime.threads
+    } else {
+        (std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            / workers)
+            .max(1)
+    };
+    let session_opts = SessionOptions {
+        device,
+        threads,
+        library: None,
+    };
+
+    // Setup, all before the first frame.
+    let prompts_path = spec.prompts.clone().unwrap_or_default();
+    let prompts = PromptFile::load(&prompts_path)?;
+    let range = FrameRange::from_spec(&spec.source);
+    for o in &prompts.objects {
+        if range.admit(o.frame) != Some(true) {
+            return Err(Error::Prompt {
+                path: prompts_path.clone(),
+                msg: format!(
+                    "object {}: frame {} is not read with source start {}, end {:?}, stride {}; \
+                     pick a reference frame inside the range",
+                    o.id, o.frame, range.start, range.end, range.stride
+                ),
+            });
+        }
+    }
+    let model_dir = spec.model.clone();
+    let model = tokio::task::spawn_blocking(move || Model::load(&model_dir, &session_opts))
+        .await
+        .map_err(|e| Error::Runtime(format!("model loading stopped: {e}")))??;
+    let model = Arc::new(model);
+    let source_spec = spec.source.clone();
+    let reader = tokio::task::spawn_blocking(move || source::open(&source_spec))
+        .await
+        .map_err(|e| Error::Runtime(format!("source opening stopped: {e}")))??;
+    if let Some(total) = reader
+        .len_hint()
+        .filter(|_| spec.source.images.is_none() && spec.source.video.is_none())
+    {
+        prompts.check_frames(total, &prompts_path)?;
+    }
+    let fps = reader.fps().or(spec.source.fps).unwrap_or(24.0);
+    let ctx = SinkContext {
+        fps,
+        categories: prompts
+            .objects
+            .iter()
+            .map(|o| (o.id, format!("object {}", o.id)))
+            .collect(),
+    };
+    let sinks: Vec<Box<dyn Sink>> = spec
+        .sinks
+        .iter()
+        .map(|s| sink::build(s, &ctx))
+        .collect::<Result<_>>()?;
+    let report_path = report_location(&spec.sinks);
+
+    if let Some(addr) = opts.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| Error::Runtime(format!("cannot serve metrics on {addr}: {e}")))?;
+    }
+
+    let cap = spec.runtime.queue_capacity;
+    let batch = spec.runtime.batch_size;
+    let (src_tx, src_rx) = async_channel::bounded::<SourceItem>(cap);
+    let (enc_tx, enc_rx) = async_channel::bounded::<Encoded>(cap);
+    let (fin_tx, fin_rx) = async_channel::bounded::<Finished>(cap);
+    let stop = opts.stop.clone();
+    let in_flight = Arc::new(InFlight::default());
+    let st_source = StageStats::new("source");
+    let st_model = StageStats::new("model");
+    let st_track = StageStats::new("track");
+    let st_sink = StageStats::new("sinks");
+
+    // Source: decode frames in order.
+    let source_task = {
+        let (stop, in_flight, st) = (stop.clone(), in_flight.clone(), st_source.clone());
+        let max_pixels = spec.runtime.max_frame_pixels;
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let mut seq = 0u64;
+            let mut read = 0u64;
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let t = Instant::now();
+                let Some(d) = reader.next_frame() else { break };
+                match range.admit(d.index) {
+                    None => break,
+                    Some(false) => continue,
+                    Some(true) => {}
+                }
+                let image = d.image.and_then(|img| {
+                    let px = img.width() as u64 * img.height() as u64;
+                    if px > max_pixels {
+                        Err(Error::Frame {
+                            frame: d.name.clone(),
+                            msg: format!(
+                                "{}x{} is larger than runtime.max_frame_pixels ({max_pixels})",
+                                img.width(),
+                                img.height()
+                            ),
+                        })
+                    } else {
+                        Ok(Arc::new(img))
+                    }
+                });
+                if image.is_err() {
+                    st.fail();
+                }
+                st.record(1, t.elapsed());
+                in_flight.enter();
+                read += 1;
+                let item = SourceItem {
+                    seq,
+                    index: d.index,
+                    name: d.name,
+                    image,
+                };
+                seq += 1;
+                if src_tx.send_blocking(item).is_err() {
+                    break;
+                }
+            }
+            read
+        })
+    };
+
+    // Model workers: letterbox, encoder and decoder, in batches.
+    let grid = PointGrid::new(model.spec.queries.grid);
+    let mut model_tasks = Vec::new();
+    for _ in 0..workers {
+        let (rx, tx, model, st, points) = (
+            src_rx.clone(),
+            enc_tx.clone(),
+            model.clone(),
+            st_model.clone(),
+            grid.points.clone(),
+        );
+        model_tasks.push(tokio::task::spawn_blocking(move || {
+            let mut pre = Preprocessor::new(&model.spec.input);
+            while let Ok(first) = rx.recv_blocking() {
+                let mut items = vec![first];
+                while items.len() < batch {
+                    match rx.try_recv() {
+                        Ok(it) => items.push(it),
+                        Err(_) => break,
+                    }
+                }
+                let mut good = Vec::new();
+                for it in items {
+                    match it.image {
+                        Ok(img) => good.push((it.seq, it.index, it.name, img)),
+                        Err(e) => {
+                            // Passed on so that order can be restored; the failure is counted at the end.
+                            let _ = tx.send_blocking(Encoded {
+                                seq: it.seq,
+                                index: it.index,
+                                name: it.name,
+                                image: Arc::new(RgbImage::new(0, 0)),
+                                outcome: Err(e),
+                            });
+                        }
+                    }
+                }
+                if good.is_empty() {
+                    continue;
+                }
+                let t = Instant::now();
+                let outcome = encode_batch(&model, &mut pre, &good, &points);
+                st.record(good.len() as u64, t.elapsed());
+                let outs: Vec<Result<(Letterbox, Features, Queries)>> = match outcome {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        good.iter()
+                            .map(|_| Err(Error::Runtime(msg.clone())))
+                            .collect()
+                    }
+                };
+                for ((seq, index, name, image), outcome) in good.into_iter().zip(outs) {
+                    if outcome.is_err() {
+                        st.fail();
+                    }
+                    if tx
+                        .send_blocking(Encoded {
+                            seq,
+                            index,
+                            name,
+                            image,
+                            outcome,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(enc_tx);
+
+    // Track: restore order, then match objects frame by frame.
+    let track_task = {
+        let (rx, tx, st) = (enc_rx.clone(), fin_tx, st_track.clone());
+        let mut tracker = Tracker::new(model.clone(), spec.job.clone(), prompts);
+        tokio::task::spawn_blocking(move || {
+            let mut pending: BTreeMap<u64, Encoded> = BTreeMap::new();
+            let mut next = 0u64;
+            let forward = |e: Encoded, tracker: &mut Tracker| -> bool {
+                let (outcome, stage, image) = match e.outcome {
+                    Ok((lb, feats, queries)) => {
+                        let t = Instant::now();
+                        let r = tracker.step(e.index, &lb, &feats, &queries);
+                        st.record(1, t.elapsed());
+                        if r.is_err() {
+                            st.fail();
+                        }
+                        (r, "track", Some(e.image))
+                    }
+                    Err(err) => (Err(err), "model", None),
+                };
+                tx.send_blocking(Finished {
+                    seq: e.seq,
+                    index: e.index,
+                    name: e.name,
+                    image,
+                    outcome,
+                    stage,
+                })
+                .is_ok()
+            };
+            while let Ok(e) = rx.recv_blocking() {
+                pending.insert(e.seq, e);
+                while let Some(e) = pending.remove(&next) {
+                    next += 1;
+                    if !forward(e, &mut tracker) {
+                        return tracker;
+                    }
+                }
+            }
+            // Channel closed: whatever is left is out of order only if a worker died; keep it in order.
+            for (_, e) in std::mem::take(&mut pending) {
+                if !forward(e, &mut tracker) {
+                    break;
+                }
+            }
+            tracker
+        })
+    };
+
+    // Sinks: write every finished frame, in order; apply the error policy.
+    let errors: Arc<Mutex<Vec<ItemError>>> = Arc::default();
+    let fatal: Arc<Mutex<Option<Error>>> = Arc::default();
+    let sink_task = {
+        let (rx, st, in_flight, stop, errors, fatal) = (
+            fin_rx.clone(),
+            st_sink.clone(),
+            in_flight.clone(),
+            stop.clone(),
+            errors.clone(),
+            fatal.clone(),
+        );
+        let policy = spec.runtime.on_error;
+        let max_fail = spec.runtime.max_consecutive_failures;
+        let slow = opts.slow_sink;
+        tokio::task::spawn_blocking(move || {
+            let mut sinks = sinks;
+            let mut written = 0u64;
+            let mut in_a_row = 0u64;
+            while let Ok(f) = rx.recv_blocking() {
+                let t = Instant::now();
+                let outcome = f.outcome.and_then(|result| {
+                    let image = f.image.as_deref().expect("a tracked frame keeps its image");
+                    let rec = FrameRecord {
+                        seq: f.seq,
+                        index: f.index,
+                        name: &f.name,
+                        image,
+                        result: &result,
+                    };
+                    for s in sinks.iter_mut() {
+                        s.write(&rec)?;
+                    }
+                    Ok(())
+                });
+                if let Some(d) = slow {
+                    std::thread::sleep(d);
+                }
+                in_flight.leave();
+                match outcome {
+                    Ok(()) => {
+                        st.record(1, t.elapsed());
+                        written += 1;
+                        in_a_row = 0;
+                    }
+                    Err(e) => {
+                        let is_sink = matches!(e, Error::Sink { .. });
+                        let msg = e.to_string();
+                        tracing::warn!(frame = %f.name, "frame failed: {msg}");
+                        errors.lock().expect("errors lock").push(ItemError {
+                            frame: format!("{} ({})", f.index, f.name),
+                            stage: if is_sink { "sinks" } else { f.stage }.into(),
+                            error: msg.clone(),
+                        });
+                        in_a_row += 1;
+                        let give_up = is_sink || policy == OnError::Fail || in_a_row >= max_fail;
+                        if give_up {
+                            let why = if is_sink {
+                                e
+                            } else if policy == OnError::Fail {
+                                Error::Frame {
+                                    frame: f.name.clone(),
+                                    msg: format!("{msg} (runtime.on_error is `fail`; set `skip` to go on past failed frames)"),
+                                }
+                            } else {
+                                Error::Runtime(format!(
+                                    "{in_a_row} frames failed in a row (runtime.max_consecutive_failures); last: {msg}"
+                                ))
+                            };
+                            fatal.lock().expect("fatal lock").get_or_insert(why);
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            let mut outputs = Vec::new();
+            for s in sinks.iter_mut() {
+                match s.finish() {
+                    Ok(p) => outputs.extend(p),
+                    Err(e) => {
+                        fatal.lock().expect("fatal lock").get_or_insert(e);
+                    }
+                }
+            }
+            (written, outputs)
+        })
+    };
+
+    // Watch: signals, queue depths, progress.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, done) = (stop.clone(), done.clone());
+        let queues = [("decoded", src_rx.clone())];
+        let (enc_rx2, fin_rx2) = (enc_rx.clone(), fin_rx.clone());
+        let st_sink = st_sink.clone();
+        let progress = opts.progress;
+        let signals = opts.handle_signals;
+        tokio::spawn(async move {
+            let bar = progress_bar(progress);
+            let mut last_log = Instant::now();
+            #[cfg(unix)]
+            let mut term = signals
+                .then(|| {
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+                })
+                .flatten();
+            loop {
+                let tick = tokio::time::sleep(Duration::from_millis(200));
+                #[cfg(unix)]
+                let term_fut = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let term_fut = std::future::pending::<()>();
+                let ctrl_c = async {
+                    if signals {
+                        let _ = tokio::signal::ctrl_c().await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = tick => {}
+                    _ = ctrl_c => {
+                        tracing::warn!("interrupted: finishing the frames in flight and closing files");
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    _ = term_fut => {
+                        tracing::warn!("terminated: finishing the frames in flight and closing files");
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                for (name, q) in &queues {
+                    metrics::gauge!(QUEUE_DEPTH, "queue" => *name).set(q.len() as f64);
+                }
+                metrics::gauge!(QUEUE_DEPTH, "queue" => "encoded").set(enc_rx2.len() as f64);
+                metrics::gauge!(QUEUE_DEPTH, "queue" => "finished").set(fin_rx2.len() as f64);
+                let n = st_sink.items();
+                if let Some(b) = &bar {
+                    b.set_position(n);
+                } else if progress && last_log.elapsed() > Duration::from_secs(5) {
+                    tracing::info!("{n} frames written");
+                    last_log = Instant::now();
+                }
+                if done.load(Ordering::SeqCst) {
+                    if let Some(b) = bar {
+                        b.finish_and_clear();
+                    }
+                    break;
+                }
+            }
+        })
+    };
+
+    let join = |what: &str, e: tokio::task::JoinError| {
+        Error::Runtime(format!("the {what} stage stopped unexpectedly: {e}"))
+    };
+    let read = source_task.await.map_err(|e| join("source", e))?;
+    for t in model_tasks {
+        t.await.map_err(|e| join("model", e))?;
+    }
+    let tracker = track_task.await.map_err(|e| join("track", e))?;
+    let (written, outputs) = sink_task.await.map_err(|e| join("sink", e))?;
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.await;
+    drop((src_rx, enc_rx, fin_rx));
+
+    let wall = started.elapsed();
+    let errors = std::mem::take(&mut *errors.lock().expect("errors lock"));
+    let interrupted = stop.load(Ordering::SeqCst);
+    let report = RunReport {
+        frames_read: read,
+        frames_written: written,
+        frames_failed: errors.len() as u64,
+        wall_s: wall.as_secs_f64(),
+        fps: written as f64 / wall.as_secs_f64().max(1e-9),
+        peak_frames_in_flight: in_flight.peak(),
+        in_flight_bound: in_flight_bound(cap, workers, batch),
+        peak_rss_mib: peak_rss_mib(),
+        interrupted,
+        stages: [&st_source, &st_model, &st_track, &st_sink]
+            .iter()
+            .map(|s| s.report(wall))
+            .collect(),
+        errors,
+        outputs: outputs.iter().map(|p| p.display().to_string()).collect(),
+    };
+    if let Some(path) = report_path {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(e) = fatal.lock().expect("fatal lock").take() {
+        eprint!("{}", report.table());
+        return Err(e);
+    }
+    if !interrupted {
+        let waiting = tracker.waiting();
+        if let Some((id, frame)) = waiting.first() {
+            eprint!("{}", report.table());
+            return Err(Error::Prompt {
+                path: prompts_path,
+                msg: format!(
+                    "object {id}: its reference frame {frame} was never read (the source ended after {read} frames)"
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// The most frames alive at once: one in the source's hands, `cap` per queue (three queues), a batch in
+/// each model worker, the track stage's reorder buffer (bounded by what the workers and the queue before
+/// it hold) and one in the track and sink stages each.
+pub fn in_flight_bound(cap: usize, workers: usize, batch: usize) -> u64 {
+    let held_by_workers = workers * batch;
+    let reorder = held_by_workers + cap;
+    (1 + 3 * cap + held_by_workers + reorder + 2) as u64
+}
+
+fn encode_batch(
+    model: &Model,
+    pre: &mut Preprocessor,
+    items: &[(u64, u64, String, Arc<RgbImage>)],
+    points: &[[f32; 2]],
+) -> Result<Vec<(Letterbox, Features, Queries)>> {
+    let s = pre.size() as usize;
+    let per = 3 * s * s;
+    let mut data = vec![0.0f32; per * items.len()];
+    let mut boxes = Vec::with_capacity(items.len());
+    for (i, (_, _, _, img)) in items.iter().enumerate() {
+        boxes.push(pre.fill(img, &mut data[i * per..(i + 1) * per]));
+    }
+    let t = Tensor::new(vec![items.len(), 3, s, s], data);
+    let feats = model.encode(&t)?;
+    let refs: Vec<&Features> = feats.iter().collect();
+    let queries = model.decode(&refs, points)?;
+    Ok(boxes
+        .into_iter()
+        .zip(feats)
+        .zip(queries)
+        .map(|((lb, f), q)| (lb, f, q))
+        .collect())
+}
+
+fn report_location(sinks: &[SinkSpec]) -> Option<PathBuf> {
+    let first = sinks.first()?;
+    let anchor = match first {
+        SinkSpec::PalettePng { dir } | SinkSpec::OverlayPng { dir } => {
+            dir.parent().map(|p| p.to_path_buf())
+        }
+        SinkSpec::Coco { path } | SinkSpec::Jsonl { path } | SinkSpec::Video { path, .. } => {
+            path.parent().map(|p| p.to_path_buf())
+        }
+    }?;
+    Some(anchor.join("report.json"))
+}
+
+fn progress_bar(enabled: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} frames {per_sec} [{elapsed_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(bar)
+}
+
+#[doc(hidden)]
+pub fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Sender<SourceItem>>();
+    is_send::<Receiver<Encoded>>();
+}

@@ -1,0 +1,187 @@
+//! Masks from the decoder's mask embeddings: logits on the stride-4 grid, upsampled to the model input,
+//! cropped out of the letterbox and resized to the frame. Made only for the queries that are kept.
+
+use crate::model::{Letterbox, Tensor};
+
+/// A binary mask in frame pixels, row-major, 1 = inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryMask {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl BinaryMask {
+    pub fn empty(width: u32, height: u32) -> Self {
+        BinaryMask {
+            width,
+            height,
+            data: vec![0; width as usize * height as usize],
+        }
+    }
+
+    pub fn area(&self) -> u64 {
+        self.data.iter().filter(|&&v| v != 0).count() as u64
+    }
+
+    /// Tight `xyxy` box in pixel edges (`x1`, `y1` exclusive), `None` when empty.
+    pub fn bbox_xyxy(&self) -> Option<[u32; 4]> {
+        let w = self.width as usize;
+        let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
+        for (i, &v) in self.data.iter().enumerate() {
+            if v != 0 {
+                let (x, y) = ((i % w) as u32, (i / w) as u32);
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x + 1);
+                y1 = y1.max(y + 1);
+            }
+        }
+        (x0 != u32::MAX).then_some([x0, y0, x1, y1])
+    }
+
+    /// Intersection over union with another mask of the same size (1 when both are empty).
+    pub fn iou(&self, other: &BinaryMask) -> f64 {
+        let (mut inter, mut union) = (0u64, 0u64);
+        for (a, b) in self.data.iter().zip(&other.data) {
+            let (a, b) = (*a != 0, *b != 0);
+            inter += (a && b) as u64;
+            union += (a || b) as u64;
+        }
+        if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        }
+    }
+}
+
+/// Mask logits of one query on the stride-4 grid: `mask_embed[q] . mask_feat` (`mask_feat` is `[1,M,H,W]`).
+pub fn grid_logits(mask_feat: &Tensor, mask_embed: &[f32]) -> (Vec<f32>, usize, usize) {
+    let (m, h, w) = (mask_feat.shape[1], mask_feat.shape[2], mask_feat.shape[3]);
+    let plane = h * w;
+    let mut out = vec![0.0f32; plane];
+    for (c, &e) in mask_embed.iter().enumerate().take(m) {
+        let src = &mask_feat.data[c * plane..(c + 1) * plane];
+        for (o, s) in out.iter_mut().zip(src) {
+            *o += e * s;
+        }
+    }
+    (out, w, h)
+}
+
+/// Bilinear resize of a single-channel plane with half-pixel centres (PyTorch's `align_corners=False`).
+/// `src` is `sw x sh`, row-major; reads only the top-left `crop_w x crop_h` of it.
+pub fn resize_plane(
+    src: &[f32],
+    sw: usize,
+    crop_w: usize,
+    crop_h: usize,
+    dw: usize,
+    dh: usize,
+) -> Vec<f32> {
+    let fx = crop_w as f32 / dw as f32;
+    let fy = crop_h as f32 / dh as f32;
+    let taps = |d: usize, f: f32, n: usize| -> (usize, usize, f32) {
+        let s = ((d as f32 + 0.5) * f - 0.5).max(0.0);
+        let i0 = (s.floor() as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        (i0, i1, s - i0 as f32)
+    };
+    let xs: Vec<(usize, usize, f32)> = (0..dw).map(|x| taps(x, fx, crop_w)).collect();
+    let mut out = Vec::with_capacity(dw * dh);
+    for y in 0..dh {
+        let (y0, y1, ty) = taps(y, fy, crop_h);
+        let r0 = &src[y0 * sw..];
+        let r1 = &src[y1 * sw..];
+        for &(x0, x1, tx) in &xs {
+            let top = r0[x0] + (r0[x1] - r0[x0]) * tx;
+            let bot = r1[x0] + (r1[x1] - r1[x0]) * tx;
+            out.push(top + (bot - top) * ty);
+        }
+    }
+    out
+}
+
+/// One query's mask logits at model-input resolution (`S x S`).
+pub fn input_logits(mask_feat: &Tensor, mask_embed: &[f32], size: u32) -> Vec<f32> {
+    let (g, gw, gh) = grid_logits(mask_feat, mask_embed);
+    let s = size as usize;
+    resize_plane(&g, gw, gw, gh, s, s)
+}
+
+/// Model-input logits -> frame-resolution logits (crop the letterboxed area, resize to the frame).
+pub fn frame_logits(input_logits: &[f32], lb: &Letterbox) -> Vec<f32> {
+    resize_plane(
+        input_logits,
+        lb.size as usize,
+        lb.scaled_w as usize,
+        lb.scaled_h as usize,
+        lb.frame_w as usize,
+        lb.frame_h as usize,
+    )
+}
+
+/// Pixels whose logit is > 0.
+pub fn threshold(logits: &[f32], width: u32, height: u32) -> BinaryMask {
+    BinaryMask {
+        width,
+        height,
+        data: logits.iter().map(|&v| (v > 0.0) as u8).collect(),
+    }
+}
+
+/// A frame-resolution binary mask -> the `S x S` model-input mask (1 inside, 0 outside and in the padding).
+/// A model-input pixel is inside when the frame pixel under its centre is.
+pub fn mask_to_input(mask: &BinaryMask, lb: &Letterbox) -> Vec<f32> {
+    let s = lb.size as usize;
+    let mut out = vec![0.0f32; s * s];
+    let (sx, sy) = lb.scale();
+    for y in 0..lb.scaled_h as usize {
+        let fy = (((y as f32 + 0.5) / sy) as u32).min(mask.height - 1) as usize;
+        for x in 0..lb.scaled_w as usize {
+            let fx = (((x as f32 + 0.5) / sx) as u32).min(mask.width - 1) as usize;
+            if mask.data[fy * mask.width as usize + fx] != 0 {
+                out[y * s + x] = 1.0;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_matches_half_pixel_bilinear() {
+        // 2x1 -> 4x1 with align_corners=False gives [a, a+0.25d, a+0.75d, b] (torch.nn.functional.interpolate).
+        let out = resize_plane(&[0.0, 4.0], 2, 2, 1, 4, 1);
+        assert_eq!(out, vec![0.0, 1.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn logits_are_dot_products() {
+        let feat = Tensor::new(vec![1, 2, 1, 2], vec![1.0, 2.0, 10.0, 20.0]);
+        let (l, w, h) = grid_logits(&feat, &[1.0, -0.5]);
+        assert_eq!((w, h), (2, 1));
+        assert_eq!(l, vec![-4.0, -8.0]);
+    }
+
+    #[test]
+    fn frame_mask_round_trips_through_model_input() {
+        let lb = Letterbox::new(40, 20, 32);
+        let mut m = BinaryMask::empty(40, 20);
+        for y in 5..15 {
+            for x in 10..30 {
+                m.data[y * 40 + x] = 1;
+            }
+        }
+        let input = mask_to_input(&m, &lb);
+        assert_eq!(input.iter().filter(|&&v| v > 0.0).count(), 16 * 8);
+        let logits: Vec<f32> = input.iter().map(|&v| v - 0.5).collect();
+        let back = threshold(&frame_logits(&logits, &lb), 40, 20);
+        assert!(back.iou(&m) > 0.9, "iou {}", back.iou(&m));
+        assert_eq!(m.bbox_xyxy(), Some([10, 5, 30, 15]));
+    }
+}

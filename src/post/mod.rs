@@ -1,0 +1,11 @@
+//! Post-processing: point grid, box NMS, masks from kept queries, COCO RLE.
+//! Matching queries to prompts is `decode/`; writing files is `sink/`.
+
+pub mod grid;
+pub mod mask;
+pub mod nms;
+pub mod rle;
+
+pub use grid::PointGrid;
+pub use mask::BinaryMask;
+pub use rle::MaskRle;

@@ -1,0 +1,258 @@
+//! The prompt file (YAML or JSON): objects by id, each with a reference frame and one or more of a mask
+//! PNG, a box, positive/negative points and scribbles. Checked when read; coordinates when rasterised.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::sink::palette;
+
+/// Most objects one run follows.
+pub const MAX_OBJECTS: usize = 255;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptFile {
+    pub objects: Vec<ObjectPrompt>,
+}
+
+/// One object to follow, prompted on one frame.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectPrompt {
+    /// Object id, 1..=255: the palette index in label PNGs.
+    pub id: u8,
+    /// Index of the reference frame in the source (before range and stride).
+    #[serde(default)]
+    pub frame: u64,
+    /// A mask PNG: binary (any non-zero pixel), or a palette/grayscale PNG with `mask_value` picking one id.
+    #[serde(default)]
+    pub mask: Option<PathBuf>,
+    #[serde(default)]
+    pub mask_value: Option<u8>,
+    /// `xyxy` in frame pixels.
+    #[serde(default, rename = "box")]
+    pub box_xyxy: Option<[f32; 4]>,
+    /// Positive points `(x, y)` in frame pixels.
+    #[serde(default)]
+    pub points: Vec<[f32; 2]>,
+    /// Negative points: carved out of the prompt region.
+    #[serde(default)]
+    pub negative_points: Vec<[f32; 2]>,
+    #[serde(default)]
+    pub scribbles: Vec<Scribble>,
+}
+
+/// A polyline of at least one point, drawn `width` frame pixels wide.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scribble {
+    pub points: Vec<[f32; 2]>,
+    #[serde(default = "default_width")]
+    pub width: f32,
+}
+
+fn default_width() -> f32 {
+    5.0
+}
+
+impl PromptFile {
+    /// Reads and checks a prompt file; mask paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let err = |msg: String| Error::Prompt {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut file: PromptFile = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for o in &mut file.objects {
+            if let Some(m) = &mut o.mask {
+                if m.is_relative() {
+                    *m = base.join(&*m);
+                }
+            }
+        }
+        file.check().map_err(err)?;
+        Ok(file)
+    }
+
+    /// Objects from one mask PNG on one frame: a binary mask is object 1; a palette or grayscale PNG
+    /// gives one object per non-zero value.
+    pub fn from_mask(mask: &Path, frame: u64) -> Result<Self, Error> {
+        let labels = palette::read(mask)?;
+        let mut values: Vec<u8> = labels.data.iter().copied().filter(|&v| v != 0).collect();
+        values.sort_unstable();
+        values.dedup();
+        let err = |msg: String| Error::Prompt {
+            path: mask.to_path_buf(),
+            msg,
+        };
+        if values.is_empty() {
+            return Err(err(
+                "the mask is empty (every pixel is 0); mark the object with non-zero pixels".into(),
+            ));
+        }
+        let binary = values == [255] || values == [1];
+        let objects = if binary {
+            vec![ObjectPrompt::mask(1, frame, mask, None)]
+        } else {
+            values
+                .iter()
+                .map(|&v| ObjectPrompt::mask(v, frame, mask, Some(v)))
+                .collect()
+        };
+        let file = PromptFile { objects };
+        file.check().map_err(err)?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.objects.is_empty() {
+            return Err("`objects` is empty; list at least one object".into());
+        }
+        if self.objects.len() > MAX_OBJECTS {
+            return Err(format!(
+                "{} objects; at most {MAX_OBJECTS} are supported",
+                self.objects.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for o in &self.objects {
+            let at = format!("object {}", o.id);
+            if o.id == 0 {
+                return Err("object id 0 is the background; ids are 1..=255".into());
+            }
+            if !seen.insert(o.id) {
+                return Err(format!(
+                    "{at}: the id is used twice; each object needs its own id"
+                ));
+            }
+            if o.mask.is_none()
+                && o.box_xyxy.is_none()
+                && o.points.is_empty()
+                && o.scribbles.is_empty()
+            {
+                return Err(format!("{at}: give a mask, a box, points or scribbles"));
+            }
+            if let Some(m) = &o.mask {
+                if !m.is_file() {
+                    return Err(format!("{at}: mask file {} not found", m.display()));
+                }
+            }
+            if let Some(b) = o.box_xyxy {
+                if !(b.iter().all(|v| v.is_finite()) && b[2] > b[0] && b[3] > b[1]) {
+                    return Err(format!(
+                        "{at}: box {b:?} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
+                    ));
+                }
+            }
+            for s in &o.scribbles {
+                if s.points.is_empty() || !(s.width > 0.0 && s.width.is_finite()) {
+                    return Err(format!(
+                        "{at}: a scribble needs at least one point and a positive width"
+                    ));
+                }
+            }
+            let all_points = o
+                .points
+                .iter()
+                .chain(&o.negative_points)
+                .chain(o.scribbles.iter().flat_map(|s| &s.points));
+            for p in all_points {
+                if !p.iter().all(|v| v.is_finite()) {
+                    return Err(format!("{at}: point {p:?} is not a number"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every reference frame exists in a source of `frames` frames.
+    pub fn check_frames(&self, frames: u64, path: &Path) -> Result<(), Error> {
+        for o in &self.objects {
+            if o.frame >= frames {
+                return Err(Error::Prompt {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "object {}: frame {} does not exist; the source has {frames} frames (0..{})",
+                        o.id,
+                        o.frame,
+                        frames.saturating_sub(1)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ObjectPrompt {
+    fn mask(id: u8, frame: u64, path: &Path, value: Option<u8>) -> Self {
+        ObjectPrompt {
+            id,
+            frame,
+            mask: Some(path.to_path_buf()),
+            mask_value: value,
+            box_xyxy: None,
+            points: vec![],
+            negative_points: vec![],
+            scribbles: vec![],
+        }
+    }
+
+    /// Whether the prompt is a mask alone (then the reference frame's output is that mask).
+    pub fn is_mask_only(&self) -> bool {
+        self.mask.is_some()
+            && self.box_xyxy.is_none()
+            && self.points.is_empty()
+            && self.scribbles.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PromptFile, String> {
+        let f: PromptFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        f.check()?;
+        Ok(f)
+    }
+
+    #[test]
+    fn reads_boxes_points_and_scribbles() {
+        let f = parse(
+            "objects:\n  - { id: 2, frame: 3, box: [1, 2, 30, 40] }\n  - id: 5\n    points: [[4, 5]]\n    scribbles: [{ points: [[1,1],[9,9]], width: 3 }]\n",
+        )
+        .unwrap();
+        assert_eq!(f.objects.len(), 2);
+        assert_eq!(f.objects[0].box_xyxy, Some([1.0, 2.0, 30.0, 40.0]));
+        assert_eq!(f.objects[1].scribbles[0].width, 3.0);
+    }
+
+    #[test]
+    fn rejects_duplicates_empty_and_bad_boxes() {
+        let e = parse("objects:\n  - { id: 1, box: [0,0,5,5] }\n  - { id: 1, box: [0,0,5,5] }\n")
+            .unwrap_err();
+        assert!(e.contains("used twice"), "{e}");
+        let e = parse("objects:\n  - { id: 1 }\n").unwrap_err();
+        assert!(e.contains("give a mask"), "{e}");
+        let e = parse("objects:\n  - { id: 1, box: [5,0,5,5] }\n").unwrap_err();
+        assert!(e.contains("x1 > x0"), "{e}");
+        let e = parse("objects:\n  - { id: 1, colour: red }\n").unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_frame_is_named() {
+        let f = parse("objects:\n  - { id: 4, frame: 10, box: [0,0,5,5] }\n").unwrap();
+        let e = f
+            .check_frames(10, Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("object 4: frame 10 does not exist"), "{e}");
+    }
+}

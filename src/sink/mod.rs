@@ -1,0 +1,114 @@
+//! Sinks: where results go (label PNGs, COCO JSON, JSONL, overlay video and PNGs). Each sink gets every
+//! frame in order and closes its files in `finish`, also when a run is stopped early.
+
+pub mod coco;
+pub mod jsonl;
+pub mod overlay;
+pub mod palette;
+pub mod video;
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use crate::decode::FrameObjects;
+use crate::error::Error;
+use crate::spec::SinkSpec;
+
+/// One finished frame, as sinks see it.
+pub struct FrameRecord<'a> {
+    /// Position in the run (0, 1, 2, ... after range and stride).
+    pub seq: u64,
+    /// Index in the source.
+    pub index: u64,
+    pub name: &'a str,
+    pub image: &'a RgbImage,
+    pub result: &'a FrameObjects,
+}
+
+pub trait Sink: Send {
+    fn write(&mut self, frame: &FrameRecord<'_>) -> Result<(), Error>;
+    /// Flushes and closes; returns the files written.
+    fn finish(&mut self) -> Result<Vec<PathBuf>, Error>;
+}
+
+/// Facts about the run that some sinks need up front.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    pub fps: f64,
+    /// `(id, name)` of every object or category.
+    pub categories: Vec<(u8, String)>,
+}
+
+/// Builds the running sink a spec describes (creating output folders).
+pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>, Error> {
+    Ok(match spec {
+        SinkSpec::PalettePng { dir } => Box::new(PalettePngSink::new(dir)?),
+        SinkSpec::OverlayPng { dir } => Box::new(overlay::OverlayPngSink::new(dir)?),
+        SinkSpec::Coco { path } => Box::new(coco::CocoSink::new(path, ctx)?),
+        SinkSpec::Jsonl { path } => Box::new(jsonl::JsonlSink::new(path)?),
+        SinkSpec::Video { path, fps } => {
+            Box::new(video::VideoSink::new(path, fps.unwrap_or(ctx.fps))?)
+        }
+    })
+}
+
+pub(crate) fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Sink {
+        path: dir.to_path_buf(),
+        msg: format!("cannot create the folder: {e}"),
+    })
+}
+
+pub(crate) fn create_parent(path: &Path) -> Result<(), Error> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => create_dir(p),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a file through a temporary name and a rename, so a reader never sees half a file.
+pub(crate) fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Sink {
+        path: path.to_path_buf(),
+        msg: format!("cannot move the finished file into place: {e}"),
+    })
+}
+
+/// DAVIS-style label PNGs named like the frames.
+pub struct PalettePngSink {
+    dir: PathBuf,
+    count: usize,
+}
+
+impl PalettePngSink {
+    pub fn new(dir: &Path) -> Result<Self, Error> {
+        create_dir(dir)?;
+        Ok(PalettePngSink {
+            dir: dir.to_path_buf(),
+            count: 0,
+        })
+    }
+}
+
+impl Sink for PalettePngSink {
+    fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
+        let path = self.dir.join(format!("{}.png", f.name));
+        write_atomic(&path, |tmp| {
+            palette::write(tmp, f.result.width, f.result.height, &f.result.labels)
+        })?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
+        Ok(vec![self.dir.clone()])
+    }
+}

@@ -1,0 +1,107 @@
+//! Sources: where frames come from (a video or URL through FFmpeg, a folder of numbered frames, a folder
+//! or glob of images), with frame range and stride. Sources only decode; everything after is `pipeline/`.
+
+mod images;
+mod video;
+
+use image::RgbImage;
+
+use crate::error::Error;
+use crate::spec::SourceSpec;
+
+pub use images::ImageListReader;
+pub use video::{init_ffmpeg, VideoReader};
+
+/// One decoded frame, or the reason it could not be decoded.
+pub struct Decoded {
+    /// Index among all frames of the source (before range and stride).
+    pub index: u64,
+    /// File stem for images and frame folders, the zero-padded index for videos.
+    pub name: String,
+    pub image: Result<RgbImage, Error>,
+}
+
+/// Something that yields frames in order.
+pub trait FrameReader: Send {
+    /// Frames per second, when the source knows it.
+    fn fps(&self) -> Option<f64>;
+    /// Whether frames form one sequence (video, frame folder) rather than independent images.
+    fn is_sequence(&self) -> bool;
+    /// Frames in total when known up front (frame folders, image lists).
+    fn len_hint(&self) -> Option<u64>;
+    /// The next frame; `None` at the end.
+    fn next_frame(&mut self) -> Option<Decoded>;
+}
+
+/// Opens the source a spec names.
+pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameReader>, Error> {
+    if let Some(v) = &spec.video {
+        return Ok(Box::new(VideoReader::open(v)?));
+    }
+    if let Some(dir) = &spec.frames {
+        return Ok(Box::new(ImageListReader::frames_folder(dir)?));
+    }
+    if let Some(pattern) = &spec.images {
+        return Ok(Box::new(ImageListReader::images(pattern)?));
+    }
+    Err(Error::Source {
+        source_name: "source".into(),
+        msg: "give one of `video`, `frames` or `images`".into(),
+    })
+}
+
+/// Applies `start`, `end` and `stride` to a reader's frame indices.
+pub struct FrameRange {
+    pub start: u64,
+    pub end: Option<u64>,
+    pub stride: u64,
+}
+
+impl FrameRange {
+    pub fn from_spec(spec: &SourceSpec) -> Self {
+        FrameRange {
+            start: spec.start,
+            end: spec.end,
+            stride: spec.stride.max(1),
+        }
+    }
+
+    /// `Some(true)` keep, `Some(false)` skip, `None` past the end.
+    pub fn admit(&self, index: u64) -> Option<bool> {
+        if self.end.is_some_and(|e| index >= e) {
+            return None;
+        }
+        Some(index >= self.start && (index - self.start) % self.stride == 0)
+    }
+
+    /// How many frames of a source of `total` frames are kept.
+    pub fn count(&self, total: u64) -> u64 {
+        let end = self.end.map_or(total, |e| e.min(total));
+        if end <= self.start {
+            0
+        } else {
+            (end - self.start).div_ceil(self.stride)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_admits_start_end_and_stride() {
+        let r = FrameRange {
+            start: 2,
+            end: Some(9),
+            stride: 3,
+        };
+        let kept: Vec<u64> = (0..20)
+            .take_while(|&i| r.admit(i).is_some())
+            .filter(|&i| r.admit(i) == Some(true))
+            .collect();
+        assert_eq!(kept, vec![2, 5, 8]);
+        assert_eq!(r.count(100), 3);
+        assert_eq!(r.count(6), 2);
+    }
+}

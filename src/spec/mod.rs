@@ -1,0 +1,473 @@
+//! The pipeline file (`pipelines/*.yaml`): its types, reading with line/column errors, `--set`
+//! overrides, and checks. Building running pieces from it is `pipeline/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// A whole pipeline: where frames come from, which model, what to find, where results go, how to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub source: SourceSpec,
+    /// Model folder (holds `model.yaml`).
+    pub model: PathBuf,
+    /// Prompt file for `propagate` (objects with masks, boxes, points or scribbles on reference frames).
+    #[serde(default)]
+    pub prompts: Option<PathBuf>,
+    #[serde(default)]
+    pub job: JobSpec,
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+}
+
+/// Exactly one of `video`, `frames`, `images`, plus an optional frame range and stride.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A video file or any URL FFmpeg opens (rtsp://, http://, ...).
+    #[serde(default)]
+    pub video: Option<String>,
+    /// A folder of numbered frames (DAVIS layout), read as one video in name order.
+    #[serde(default)]
+    pub frames: Option<PathBuf>,
+    /// A folder of images or a glob pattern (JPEG, PNG), each image on its own.
+    #[serde(default)]
+    pub images: Option<String>,
+    /// First frame index read (0-based, after decoding).
+    #[serde(default)]
+    pub start: u64,
+    /// Frame index to stop before (none: to the end).
+    #[serde(default)]
+    pub end: Option<u64>,
+    /// Keep every `stride`-th frame.
+    #[serde(default = "one")]
+    pub stride: u64,
+    /// Frames per second to assume when the source has none (frames folders, images).
+    #[serde(default)]
+    pub fps: Option<f64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// What to compute for each frame.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default)]
+    pub kind: JobKind,
+    /// Keep interactive queries whose predicted IoU is above this (DINOv: 0.5).
+    #[serde(default = "default_min_iou")]
+    pub min_iou: f32,
+    /// Box NMS threshold among the kept queries.
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f32,
+    /// Masks of at most this many frame pixels are dropped (DINOv: 50).
+    #[serde(default = "default_min_area")]
+    pub min_area: u64,
+    /// An object's best match must reach this softmax score to be drawn; below it the frame gets an
+    /// empty mask for that object.
+    #[serde(default)]
+    pub min_score: f32,
+    /// Recent predictions kept per object besides the pinned first prompt (DINOv: 8).
+    #[serde(default = "default_memory")]
+    pub memory: usize,
+    /// A prediction enters the memory only when its score reaches this.
+    #[serde(default = "default_memory_min_score")]
+    pub memory_min_score: f32,
+}
+
+fn default_min_iou() -> f32 {
+    0.5
+}
+fn default_nms_iou() -> f32 {
+    0.7
+}
+fn default_min_area() -> u64 {
+    50
+}
+fn default_memory() -> usize {
+    8
+}
+fn default_memory_min_score() -> f32 {
+    0.5
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            kind: JobKind::default(),
+            min_iou: default_min_iou(),
+            nms_iou: default_nms_iou(),
+            min_area: default_min_area(),
+            min_score: 0.0,
+            memory: default_memory(),
+            memory_min_score: default_memory_min_score(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Video object propagation: objects prompted on reference frames, segmented on every frame.
+    #[default]
+    Propagate,
+}
+
+/// One output. Several may be listed; each gets every result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// DAVIS-style palette PNGs, one per frame, named like the frames; pixel value = object id.
+    PalettePng { dir: PathBuf },
+    /// COCO instances JSON with RLE masks; each frame is an image, each object a category.
+    Coco { path: PathBuf },
+    /// JSON Lines: one line per frame with each object's box, score and area.
+    Jsonl { path: PathBuf },
+    /// Overlay video (H.264 in MP4).
+    Video {
+        path: PathBuf,
+        #[serde(default)]
+        fps: Option<f64>,
+    },
+    /// Overlay PNGs, one per frame.
+    OverlayPng { dir: PathBuf },
+}
+
+/// How to run: queues, workers, batching, device, threads, error policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Capacity of every queue between stages (items). A full queue blocks the stage before it.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Parallel model workers (encoder + decoder).
+    #[serde(default = "one_usize")]
+    pub workers: usize,
+    /// Frames per encoder/decoder call.
+    #[serde(default = "one_usize")]
+    pub batch_size: usize,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// ONNX Runtime intra-op threads per worker (0: the machine's cores divided by workers).
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Give up after this many failed items in a row.
+    #[serde(default = "default_max_failures")]
+    pub max_consecutive_failures: u64,
+    /// Largest frame accepted, in pixels (width x height).
+    #[serde(default = "default_max_pixels")]
+    pub max_frame_pixels: u64,
+}
+
+fn default_queue() -> usize {
+    8
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_max_failures() -> u64 {
+    50
+}
+fn default_max_pixels() -> u64 {
+    8192 * 8192
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        RuntimeSpec {
+            queue_capacity: default_queue(),
+            workers: 1,
+            batch_size: 1,
+            device: default_device(),
+            threads: 0,
+            on_error: OnError::default(),
+            max_consecutive_failures: default_max_failures(),
+            max_frame_pixels: default_max_pixels(),
+        }
+    }
+}
+
+/// What a failing item does to the run.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Report the item with its id and go on.
+    #[default]
+    Skip,
+    /// Stop the run (finished results are still written).
+    Fail,
+}
+
+impl PipelineSpec {
+    /// Reads a pipeline file, applies `key.path=value` overrides, resolves relative paths against the
+    /// file's folder and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+            path: path.to_path_buf(),
+            msg: format!("cannot read the pipeline file: {e}"),
+        })?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// As [`PipelineSpec::load`], from text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, Error> {
+        let err = |msg: String| Error::Spec {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut spec: PipelineSpec = if overrides.is_empty() {
+            serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?
+        } else {
+            let mut value: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?;
+            for o in overrides {
+                apply_override(&mut value, o).map_err(|m| err(format!("--set {o}: {m}")))?;
+            }
+            serde_yaml::from_value(value).map_err(|e| err(format!("after --set: {e}")))?
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        spec.resolve(base);
+        spec.check().map_err(err)?;
+        Ok(spec)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.model);
+        if let Some(p) = &mut self.prompts {
+            abs(p);
+        }
+        if let Some(p) = &mut self.source.frames {
+            abs(p);
+        }
+        if let Some(v) = &mut self.source.video {
+            if !v.contains("://") && Path::new(v.as_str()).is_relative() {
+                *v = base.join(v.as_str()).to_string_lossy().into_owned();
+            }
+        }
+        if let Some(v) = &mut self.source.images {
+            if Path::new(v.as_str()).is_relative() {
+                *v = base.join(v.as_str()).to_string_lossy().into_owned();
+            }
+        }
+        for s in &mut self.sinks {
+            match s {
+                SinkSpec::PalettePng { dir } | SinkSpec::OverlayPng { dir } => abs(dir),
+                SinkSpec::Coco { path }
+                | SinkSpec::Jsonl { path }
+                | SinkSpec::Video { path, .. } => abs(path),
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let s = &self.source;
+        let given = [s.video.is_some(), s.frames.is_some(), s.images.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if given != 1 {
+            return Err("source: give exactly one of `video`, `frames` or `images`".into());
+        }
+        if s.stride == 0 {
+            return Err("source.stride: must be at least 1".into());
+        }
+        if let Some(end) = s.end {
+            if end <= s.start {
+                return Err(format!(
+                    "source.end ({end}) must be greater than source.start ({})",
+                    s.start
+                ));
+            }
+        }
+        if let Some(fps) = s.fps {
+            if !(fps > 0.0 && fps.is_finite()) {
+                return Err("source.fps: must be a positive number".into());
+            }
+        }
+        if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
+            return Err(
+                "prompts: the propagate job needs a prompt file (objects to follow)".into(),
+            );
+        }
+        for (name, v) in [
+            ("job.min_iou", self.job.min_iou),
+            ("job.nms_iou", self.job.nms_iou),
+            ("job.min_score", self.job.min_score),
+            ("job.memory_min_score", self.job.memory_min_score),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name}: {v} is outside 0..1"));
+            }
+        }
+        let r = &self.runtime;
+        if r.queue_capacity == 0 || r.queue_capacity > 4096 {
+            return Err("runtime.queue_capacity: must be 1..=4096".into());
+        }
+        if r.workers == 0 || r.workers > 64 {
+            return Err("runtime.workers: must be 1..=64".into());
+        }
+        if r.batch_size == 0 || r.batch_size > 256 {
+            return Err("runtime.batch_size: must be 1..=256".into());
+        }
+        r.device
+            .parse::<crate::model::Device>()
+            .map_err(|e| format!("runtime.device: {e}"))?;
+        if self.sinks.is_empty() {
+            return Err(
+                "sinks: list at least one output (palette_png, coco, jsonl, video, overlay_png)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// serde_yaml's message already names the key path and line/column; add the allowed keys' hint.
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    let mut msg = e.to_string();
+    if msg.contains("unknown field") {
+        msg.push_str(" (see the YAML reference in README.md)");
+    }
+    msg
+}
+
+/// `a.b.c=value`: sets a key in the YAML tree; the value is parsed as YAML (so numbers stay numbers).
+/// A numeric segment indexes a list (`sinks.0.dir=out`).
+fn apply_override(root: &mut serde_yaml::Value, o: &str) -> Result<(), String> {
+    use serde_yaml::Value;
+    let (key, raw) = o.split_once('=').ok_or("expected key.path=value")?;
+    let value: Value = serde_yaml::from_str(raw).map_err(|e| format!("value: {e}"))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("empty key segment".into());
+    }
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        cur = match cur {
+            Value::Sequence(seq) => {
+                let idx: usize = part
+                    .parse()
+                    .map_err(|_| format!("`{part}` must be a list index here"))?;
+                let len = seq.len();
+                seq.get_mut(idx)
+                    .ok_or_else(|| format!("index {idx} is out of range (the list has {len})"))?
+            }
+            Value::Mapping(map) => {
+                let k = Value::String(part.to_string());
+                if !map.contains_key(&k) {
+                    map.insert(
+                        k.clone(),
+                        if last {
+                            Value::Null
+                        } else {
+                            Value::Mapping(Default::default())
+                        },
+                    );
+                }
+                map.get_mut(&k).ok_or("unreachable")?
+            }
+            Value::Null => {
+                *cur = Value::Mapping(Default::default());
+                let Value::Mapping(map) = cur else {
+                    unreachable!()
+                };
+                map.entry(Value::String(part.to_string()))
+                    .or_insert(Value::Null)
+            }
+            _ => {
+                return Err(format!(
+                    "`{}` is not a mapping or list",
+                    parts[..i].join(".")
+                ))
+            }
+        };
+    }
+    *cur = value;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "source: { frames: f }\nmodel: m\nprompts: p.yaml\nsinks:\n  - { kind: jsonl, path: out/r.jsonl }\n";
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let s = PipelineSpec::parse(MIN, Path::new("dir/pipe.yaml"), &[]).unwrap();
+        assert_eq!(s.model, Path::new("dir/m"));
+        assert_eq!(s.source.frames.as_deref(), Some(Path::new("dir/f")));
+        match &s.sinks[0] {
+            SinkSpec::Jsonl { path } => assert_eq!(path, Path::new("dir/out/r.jsonl")),
+            other => panic!("unexpected sink {other:?}"),
+        }
+        assert_eq!(s.runtime.queue_capacity, 8);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MIN}runtime:\n  queue_capacty: 3\n");
+        let e = PipelineSpec::parse(&text, Path::new("p.yaml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `queue_capacty`"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
+        assert!(e.starts_with("p.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_list_items() {
+        let s = PipelineSpec::parse(
+            MIN,
+            Path::new("p.yaml"),
+            &[
+                "runtime.workers=3".into(),
+                "sinks.0.path=/x.jsonl".into(),
+                "job.min_iou=0.25".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.runtime.workers, 3);
+        assert_eq!(s.job.min_iou, 0.25);
+        match &s.sinks[0] {
+            SinkSpec::Jsonl { path } => assert_eq!(path, Path::new("/x.jsonl")),
+            other => panic!("unexpected sink {other:?}"),
+        }
+        let e =
+            PipelineSpec::parse(MIN, Path::new("p.yaml"), &["sinks.4.path=x".into()]).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn checks_name_the_key() {
+        let two = MIN.replace("{ frames: f }", "{ frames: f, video: v.mp4 }");
+        let e = PipelineSpec::parse(&two, Path::new("p.yaml"), &[]).unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+        let e = PipelineSpec::parse(MIN, Path::new("p.yaml"), &["runtime.device=tpu".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("runtime.device"), "{e}");
+        let bad_sink = MIN.replace("kind: jsonl", "kind: gif");
+        let e = PipelineSpec::parse(&bad_sink, Path::new("p.yaml"), &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `gif`"), "{e}");
+    }
+}
