@@ -27,11 +27,15 @@ fn main() -> anyhow::Result<()> {
         root.join("data/demo/car-turn.mp4"),
     );
     let spec = PipelineSpec::parse(&yaml, &out.join("pipeline.yaml"), &[])?;
-    let report = tokio::runtime::Runtime::new()?.block_on(vprompt::run(spec, RunOptions::default()))?;
+    let report =
+        tokio::runtime::Runtime::new()?.block_on(vprompt::run(spec, RunOptions::default()))?;
     print!("{}", report.table());
     for line in std::fs::read_to_string(out.join("results.jsonl"))?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        println!("frame {}: object 1 area {}", v["frame"], v["objects"][0]["area"]);
+        println!(
+            "frame {}: object 1 area {}",
+            v["frame"], v["objects"][0]["area"]
+        );
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ pub enum Error {
     Source { source_name: String, msg: String },
     #[error("prompts {path}: {msg}")]
     Prompt { path: PathBuf, msg: String },
+    /// A prompt that cannot be used on its reference frame: fatal, the run cannot follow the object.
+    #[error("object {id} on frame {frame}: {msg}")]
+    Object { id: u8, frame: u64, msg: String },
     #[error("frame {frame}: {msg}")]
     Frame { frame: String, msg: String },
     #[error("sink {path}: {msg}")]

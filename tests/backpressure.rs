@@ -16,7 +16,11 @@ fn a_slow_sink_bounds_the_frames_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
     let video = tmp.path().join("long.mp4");
     test_pattern_video(&video, 5000, 64, 48);
-    write(tmp.path(), "prompts.yaml", "objects:\n  - { id: 1, frame: 0, box: [4, 4, 40, 40] }\n");
+    write(
+        tmp.path(),
+        "prompts.yaml",
+        "objects:\n  - { id: 1, frame: 0, box: [4, 4, 40, 40] }\n",
+    );
     let pipe = write(
         tmp.path(),
         "pipe.yaml",
@@ -42,8 +46,15 @@ fn a_slow_sink_bounds_the_frames_in_flight() {
         report.peak_frames_in_flight
     );
     // The sink is the bottleneck, so the queues fill up: the bound is reached, not just respected.
-    assert!(report.peak_frames_in_flight >= 8, "peak {}", report.peak_frames_in_flight);
-    let lines = std::fs::read_to_string(tmp.path().join("out/r.jsonl")).unwrap().lines().count();
+    assert!(
+        report.peak_frames_in_flight >= 8,
+        "peak {}",
+        report.peak_frames_in_flight
+    );
+    let lines = std::fs::read_to_string(tmp.path().join("out/r.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(lines, 5000);
     eprintln!(
         "5000 frames: peak {} in flight (bound {bound}), peak RSS {:.0} MiB",

@@ -40,7 +40,11 @@ fn fails(args: &[&str], envs: &[(&str, &str)]) -> String {
 #[test]
 fn invalid_yaml_names_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = write(tmp.path(), "pipe.yaml", "source: { video: a.mp4\nmodel: [\n");
+    let p = write(
+        tmp.path(),
+        "pipe.yaml",
+        "source: { video: a.mp4\nmodel: [\n",
+    );
     let e = fails(&["run", p.to_str().unwrap()], &[]);
     assert!(e.contains("pipe.yaml") && e.contains("line"), "{e}");
 }
@@ -48,19 +52,38 @@ fn invalid_yaml_names_file_and_line() {
 #[test]
 fn unknown_key_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = pipeline(tmp.path(), &demo_video(), &fixture("color-model"), "runtime: { wrokers: 2 }\n");
+    let p = pipeline(
+        tmp.path(),
+        &demo_video(),
+        &fixture("color-model"),
+        "runtime: { wrokers: 2 }\n",
+    );
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("unknown field `wrokers`") && e.contains("line 6"), "{e}");
+    assert!(
+        e.contains("unknown field `wrokers`") && e.contains("line 6"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let e = fails(&["run", tmp.path().join("nope.yaml").to_str().unwrap()], &[]);
+    let e = fails(
+        &["run", tmp.path().join("nope.yaml").to_str().unwrap()],
+        &[],
+    );
     assert!(e.contains("nope.yaml") && e.contains("cannot read"), "{e}");
-    let p = pipeline(tmp.path(), "video: missing.mp4", &fixture("color-model"), "");
+    let p = pipeline(
+        tmp.path(),
+        "video: missing.mp4",
+        &fixture("color-model"),
+        "",
+    );
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("missing.mp4") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("missing.mp4") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -69,7 +92,10 @@ fn a_file_that_is_not_a_video() {
     write(tmp.path(), "notes.mp4", "these are not frames\n");
     let p = pipeline(tmp.path(), "video: notes.mp4", &fixture("color-model"), "");
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("notes.mp4") && e.contains("cannot open it as a video"), "{e}");
+    assert!(
+        e.contains("notes.mp4") && e.contains("cannot open it as a video"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -77,7 +103,10 @@ fn a_graph_with_a_wrong_output_name_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline(tmp.path(), &demo_video(), &fixture("bad-output-name"), "");
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("decoder.onnx") && e.contains("`pred_iou`") && e.contains("iou"), "{e}");
+    assert!(
+        e.contains("decoder.onnx") && e.contains("`pred_iou`") && e.contains("iou"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -85,25 +114,45 @@ fn a_truncated_graph_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline(tmp.path(), &demo_video(), &fixture("truncated-model"), "");
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("encoder.onnx") && e.contains("cannot load it"), "{e}");
+    assert!(
+        e.contains("encoder.onnx") && e.contains("cannot load it"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_missing_onnx_runtime_library_says_how_to_install_it() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline(tmp.path(), &demo_video(), &fixture("color-model"), "");
-    let e = fails(&["run", p.to_str().unwrap()], &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
-    assert!(e.contains("ONNX Runtime library was not found") && e.contains("make deps"), "{e}");
+    let e = fails(
+        &["run", p.to_str().unwrap()],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert!(
+        e.contains("ONNX Runtime library was not found") && e.contains("make deps"),
+        "{e}"
+    );
 }
 
 #[test]
 fn prompt_errors_name_the_object() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline(tmp.path(), &demo_video(), &fixture("color-model"), "");
-    write(tmp.path(), "prompts.yaml", "objects:\n  - { id: 2, frame: 0, box: [10, 10, 900, 100] }\n");
+    write(
+        tmp.path(),
+        "prompts.yaml",
+        "objects:\n  - { id: 2, frame: 0, box: [10, 10, 900, 100] }\n",
+    );
     let e = fails(&["run", p.to_str().unwrap()], &[]);
-    assert!(e.contains("object 2") && e.contains("outside the 426x240 frame"), "{e}");
-    write(tmp.path(), "prompts.yaml", "objects:\n  - { id: 2, frame: 500, box: [10, 10, 90, 100] }\n");
+    assert!(
+        e.contains("object 2") && e.contains("outside the 426x240 frame"),
+        "{e}"
+    );
+    write(
+        tmp.path(),
+        "prompts.yaml",
+        "objects:\n  - { id: 2, frame: 500, box: [10, 10, 90, 100] }\n",
+    );
     let e = fails(&["run", p.to_str().unwrap()], &[]);
     assert!(e.contains("object 2") && e.contains("frame 500"), "{e}");
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+mod bench;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -81,6 +83,32 @@ enum Command {
     /// Evaluate written outputs against ground truth.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Benchmark: the model alone, vprompt end to end, and (with --python) the plain Python way.
+    Bench {
+        #[arg(long, default_value = "models/vprompt-lite0")]
+        model: PathBuf,
+        #[arg(long, default_value = "data/demo/car-turn.mp4")]
+        video: String,
+        #[arg(long, default_value = "data/demo/car-turn-00000.png")]
+        mask: PathBuf,
+        #[arg(long, default_value_t = 80)]
+        frames: u64,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// ONNX Runtime threads in all (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Also time benches/python_propagate.py.
+        #[arg(long)]
+        python: bool,
+        /// Append the table to this markdown file (e.g. BENCHMARKS.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +268,32 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 .with_context(|| format!("cannot write {}", spec_path.display()))?;
             let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
             execute(spec, None, quiet)
+        }
+        Command::Bench {
+            model,
+            video,
+            mask,
+            frames,
+            workers,
+            batch,
+            threads,
+            device,
+            python,
+            write,
+        } => {
+            bench::bench(&bench::BenchArgs {
+                model,
+                video,
+                mask,
+                frames,
+                workers: workers.max(1),
+                batch: batch.max(1),
+                threads,
+                device,
+                python,
+                write,
+            })?;
+            Ok(0)
         }
         Command::Eval(EvalCommand::Davis {
             pred,

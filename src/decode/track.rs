@@ -124,10 +124,11 @@ impl Tracker {
         let mut found: Vec<Found> = Vec::new();
         for (&id, memory) in &self.memories {
             if let Some(m) = given.get(&id) {
+                // A given mask wins its pixels over any prediction.
                 let logits = m
                     .data
                     .iter()
-                    .map(|&v| if v != 0 { 1.0 } else { -1.0 })
+                    .map(|&v| if v != 0 { f32::MAX } else { -1.0 })
                     .collect();
                 found.push((id, Some(logits), 1.0, None));
                 continue;
@@ -149,8 +150,7 @@ impl Tracker {
             match pick {
                 Some((fl, p, il)) => {
                     let remember = p >= self.job.memory_min_score;
-                    let input_mask =
-                        remember.then(|| il.iter().map(|&v| (v > 0.0) as u8 as f32).collect());
+                    let input_mask = remember.then(|| input_mask(&il, lb));
                     found.push((id, Some(fl), p, input_mask));
                 }
                 None => found.push((id, None, 0.0, None)),
@@ -215,4 +215,19 @@ impl Tracker {
             objects,
         })
     }
+}
+
+/// A prediction as a prompt mask on its own frame: model-input pixels with a positive logit, inside the
+/// letterboxed frame (the padding is never part of a prompt, as for the first prompt).
+fn input_mask(logits: &[f32], lb: &Letterbox) -> Vec<f32> {
+    let s = lb.size as usize;
+    let mut out = vec![0.0f32; s * s];
+    for y in 0..lb.scaled_h as usize {
+        for x in 0..lb.scaled_w as usize {
+            if logits[y * s + x] > 0.0 {
+                out[y * s + x] = 1.0;
+            }
+        }
+    }
+    out
 }

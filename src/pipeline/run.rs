@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 use image::RgbImage;
 
-use super::stats::{peak_rss_mib, InFlight, ItemError, RunReport, StageStats, QUEUE_DEPTH};
+use super::stats::{
+    peak_rss_mib, InFlight, ItemError, LatencyHistogram, RunReport, StageStats, QUEUE_DEPTH,
+};
 use crate::decode::{FrameObjects, Tracker};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -42,6 +44,7 @@ pub struct RunOptions {
 }
 
 struct SourceItem {
+    read_at: Instant,
     seq: u64,
     index: u64,
     name: String,
@@ -49,6 +52,7 @@ struct SourceItem {
 }
 
 struct Encoded {
+    read_at: Instant,
     seq: u64,
     index: u64,
     name: String,
@@ -57,6 +61,7 @@ struct Encoded {
 }
 
 struct Finished {
+    read_at: Instant,
     seq: u64,
     index: u64,
     name: String,
@@ -146,7 +151,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     let (enc_tx, enc_rx) = async_channel::bounded::<Encoded>(cap);
     let (fin_tx, fin_rx) = async_channel::bounded::<Finished>(cap);
     let stop = opts.stop.clone();
-    let in_flight = Arc::new(InFlight::default());
+    let in_flight = Arc::new(InFlight::new(in_flight_bound(cap, workers, batch)));
     let st_source = StageStats::new("source");
     let st_model = StageStats::new("model");
     let st_track = StageStats::new("track");
@@ -190,9 +195,12 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     st.fail();
                 }
                 st.record(1, t.elapsed());
-                in_flight.enter();
+                if !in_flight.enter(&stop) {
+                    break;
+                }
                 read += 1;
                 let item = SourceItem {
+                    read_at: t,
                     seq,
                     index: d.index,
                     name: d.name,
@@ -231,10 +239,11 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                 let mut good = Vec::new();
                 for it in items {
                     match it.image {
-                        Ok(img) => good.push((it.seq, it.index, it.name, img)),
+                        Ok(img) => good.push((it.read_at, it.seq, it.index, it.name, img)),
                         Err(e) => {
                             // Passed on so that order can be restored; the failure is counted at the end.
                             let _ = tx.send_blocking(Encoded {
+                                read_at: it.read_at,
                                 seq: it.seq,
                                 index: it.index,
                                 name: it.name,
@@ -259,12 +268,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                             .collect()
                     }
                 };
-                for ((seq, index, name, image), outcome) in good.into_iter().zip(outs) {
+                for ((read_at, seq, index, name, image), outcome) in good.into_iter().zip(outs) {
                     if outcome.is_err() {
                         st.fail();
                     }
                     if tx
                         .send_blocking(Encoded {
+                            read_at,
                             seq,
                             index,
                             name,
@@ -302,6 +312,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     Err(err) => (Err(err), "model", None),
                 };
                 tx.send_blocking(Finished {
+                    read_at: e.read_at,
                     seq: e.seq,
                     index: e.index,
                     name: e.name,
@@ -349,6 +360,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
             let mut sinks = sinks;
             let mut written = 0u64;
             let mut in_a_row = 0u64;
+            let mut latency = LatencyHistogram::default();
             while let Ok(f) = rx.recv_blocking() {
                 let t = Instant::now();
                 let outcome = f.outcome.and_then(|result| {
@@ -372,10 +384,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                 match outcome {
                     Ok(()) => {
                         st.record(1, t.elapsed());
+                        latency.record(f.read_at.elapsed());
                         written += 1;
                         in_a_row = 0;
                     }
                     Err(e) => {
+                        // A sink that cannot write, or an object that cannot start, ends the run.
+                        let fatal_kind = matches!(e, Error::Sink { .. } | Error::Object { .. });
                         let is_sink = matches!(e, Error::Sink { .. });
                         let msg = e.to_string();
                         tracing::warn!(frame = %f.name, "frame failed: {msg}");
@@ -385,9 +400,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                             error: msg.clone(),
                         });
                         in_a_row += 1;
-                        let give_up = is_sink || policy == OnError::Fail || in_a_row >= max_fail;
+                        let give_up = fatal_kind || policy == OnError::Fail || in_a_row >= max_fail;
                         if give_up {
-                            let why = if is_sink {
+                            let why = if fatal_kind {
                                 e
                             } else if policy == OnError::Fail {
                                 Error::Frame {
@@ -414,7 +429,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     }
                 }
             }
-            (written, outputs)
+            (written, outputs, latency)
         })
     };
 
@@ -497,7 +512,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         t.await.map_err(|e| join("model", e))?;
     }
     let tracker = track_task.await.map_err(|e| join("track", e))?;
-    let (written, outputs) = sink_task.await.map_err(|e| join("sink", e))?;
+    let (written, outputs, latency) = sink_task.await.map_err(|e| join("sink", e))?;
     done.store(true, Ordering::SeqCst);
     let _ = watcher.await;
     drop((src_rx, enc_rx, fin_rx));
@@ -512,8 +527,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         wall_s: wall.as_secs_f64(),
         fps: written as f64 / wall.as_secs_f64().max(1e-9),
         peak_frames_in_flight: in_flight.peak(),
-        in_flight_bound: in_flight_bound(cap, workers, batch),
+        in_flight_bound: in_flight.bound(),
         peak_rss_mib: peak_rss_mib(),
+        latency_ms: [
+            latency.quantile_ms(0.5).unwrap_or(0.0),
+            latency.quantile_ms(0.95).unwrap_or(0.0),
+            latency.max_ms(),
+        ],
         interrupted,
         stages: [&st_source, &st_model, &st_track, &st_sink]
             .iter()
@@ -547,26 +567,23 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     Ok(report)
 }
 
-/// The most frames alive at once: one in the source's hands, `cap` per queue (three queues), a batch in
-/// each model worker, the track stage's reorder buffer (bounded by what the workers and the queue before
-/// it hold) and one in the track and sink stages each.
+/// The most frames alive at once: enough for every queue (three of `cap`) and every model worker's batch
+/// to be full, plus one frame each in the source, track and sink stages. The source waits beyond it.
 pub fn in_flight_bound(cap: usize, workers: usize, batch: usize) -> u64 {
-    let held_by_workers = workers * batch;
-    let reorder = held_by_workers + cap;
-    (1 + 3 * cap + held_by_workers + reorder + 2) as u64
+    (3 * cap + workers * batch + 3) as u64
 }
 
 fn encode_batch(
     model: &Model,
     pre: &mut Preprocessor,
-    items: &[(u64, u64, String, Arc<RgbImage>)],
+    items: &[(Instant, u64, u64, String, Arc<RgbImage>)],
     points: &[[f32; 2]],
 ) -> Result<Vec<(Letterbox, Features, Queries)>> {
     let s = pre.size() as usize;
     let per = 3 * s * s;
     let mut data = vec![0.0f32; per * items.len()];
     let mut boxes = Vec::with_capacity(items.len());
-    for (i, (_, _, _, img)) in items.iter().enumerate() {
+    for (i, (_, _, _, _, img)) in items.iter().enumerate() {
         boxes.push(pre.fill(img, &mut data[i * per..(i + 1) * per]));
     }
     let t = Tensor::new(vec![items.len(), 3, s, s], data);

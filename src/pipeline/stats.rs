@@ -17,6 +17,54 @@ pub const QUEUE_DEPTH: &str = "vprompt_queue_depth";
 pub const IN_FLIGHT: &str = "vprompt_frames_in_flight";
 /// Counter: items that failed, label `stage`.
 pub const FAILED: &str = "vprompt_items_failed_total";
+/// Histogram: seconds from a frame's decoding to its last sink write.
+pub const FRAME_LATENCY: &str = "vprompt_frame_latency_seconds";
+
+/// Frame latencies in 1 ms buckets up to 60 s (plus one overflow bucket): fixed memory, any run length.
+pub struct LatencyHistogram {
+    buckets: Vec<u32>,
+    max_ms: f64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: vec![0; 60_001],
+            max_ms: 0.0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, d: Duration) {
+        let ms = d.as_secs_f64() * 1e3;
+        self.max_ms = self.max_ms.max(ms);
+        let i = (ms as usize).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+        metrics::histogram!(FRAME_LATENCY).record(d.as_secs_f64());
+    }
+
+    /// The `q` quantile in ms (upper edge of its bucket), `None` when empty.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().map(|&c| c as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c as u64;
+            if seen >= rank {
+                return Some(((i + 1) as f64).min(self.max_ms.max(1.0)));
+            }
+        }
+        Some(self.max_ms)
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.max_ms
+    }
+}
 
 /// Busy time and item count of one stage (all its workers together).
 pub struct StageStats {
@@ -80,27 +128,75 @@ impl StageStats {
     }
 }
 
-/// Frames between the source and the sinks, with the peak seen.
-#[derive(Default)]
+/// Frames between the source and the sinks, with the peak seen. The source waits for a free slot when
+/// `bound` frames are alive, so frames waiting in the track stage's reorder buffer (when one worker is
+/// slower than another) cannot pile up either.
 pub struct InFlight {
-    now: AtomicU64,
+    bound: u64,
+    now: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
     peak: AtomicU64,
 }
 
 impl InFlight {
-    pub fn enter(&self) {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(n, Ordering::SeqCst);
-        metrics::gauge!(IN_FLIGHT).set(n as f64);
+    pub fn new(bound: u64) -> Self {
+        InFlight {
+            bound: bound.max(1),
+            now: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            peak: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a slot, waiting while all are taken; gives up (returns false) once `stop` is set.
+    pub fn enter(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        let mut n = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= self.bound {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            n = self
+                .freed
+                .wait_timeout(n, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *n += 1;
+        self.peak.fetch_max(*n, Ordering::SeqCst);
+        metrics::gauge!(IN_FLIGHT).set(*n as f64);
+        true
     }
 
     pub fn leave(&self) {
-        let n = self.now.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        metrics::gauge!(IN_FLIGHT).set(n as f64);
+        let mut n = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        metrics::gauge!(IN_FLIGHT).set(*n as f64);
+        self.freed.notify_one();
     }
 
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::SeqCst)
+    }
+
+    pub fn bound(&self) -> u64 {
+        self.bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_one_ms_buckets() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        for ms in [1u64, 2, 3, 4, 100] {
+            h.record(Duration::from_micros(ms * 1000 + 500));
+        }
+        assert_eq!(h.quantile_ms(0.5), Some(4.0));
+        assert_eq!(h.quantile_ms(0.95), Some(100.5));
+        assert!((h.max_ms() - 100.5).abs() < 1e-9);
     }
 }
 
@@ -135,6 +231,8 @@ pub struct RunReport {
     /// The most frames that may be in flight with this runtime configuration.
     pub in_flight_bound: u64,
     pub peak_rss_mib: Option<f64>,
+    /// Milliseconds from decoding a frame to writing it: median, 95th percentile, maximum.
+    pub latency_ms: [f64; 3],
     pub interrupted: bool,
     pub stages: Vec<StageReport>,
     pub errors: Vec<ItemError>,
@@ -146,7 +244,8 @@ impl RunReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "{} frames in {:.2} s ({:.2} frames/s){}; {} failed; peak {} frames in flight (bound {}){}\n",
+            "{} frames in {:.2} s ({:.2} frames/s){}; {} failed; peak {} frames in flight (bound {}){}\n\
+             latency per frame (decode to written): p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n",
             self.frames_written,
             self.wall_s,
             self.fps,
@@ -155,6 +254,9 @@ impl RunReport {
             self.peak_frames_in_flight,
             self.in_flight_bound,
             self.peak_rss_mib.map(|m| format!("; peak RSS {m:.0} MiB")).unwrap_or_default(),
+            self.latency_ms[0],
+            self.latency_ms[1],
+            self.latency_ms[2],
         ));
         s.push_str(&format!(
             "{:<10} {:>8} {:>7} {:>10} {:>8} {:>12}\n",

@@ -8,15 +8,16 @@ use crate::sink::palette;
 
 /// Rasterises `o` on a `width x height` frame; errors name the object, the frame and the fix.
 pub fn rasterize(o: &ObjectPrompt, width: u32, height: u32) -> Result<BinaryMask, Error> {
-    let err = |msg: String| Error::Frame {
-        frame: format!("{} (object {})", o.frame, o.id),
+    let err = |msg: String| Error::Object {
+        id: o.id,
+        frame: o.frame,
         msg,
     };
     let mut m = BinaryMask::empty(width, height);
     let (fw, fh) = (width as f32, height as f32);
     let inside = |p: [f32; 2]| p[0] >= 0.0 && p[1] >= 0.0 && p[0] <= fw && p[1] <= fh;
     if let Some(path) = &o.mask {
-        let labels = palette::read(path)?;
+        let labels = palette::read(path).map_err(|e| err(e.to_string()))?;
         if (labels.width, labels.height) != (width, height) {
             return Err(err(format!(
                 "mask {} is {}x{} but the frame is {width}x{height}; the mask must match the frame's size",
@@ -171,7 +172,7 @@ mod tests {
     fn outside_coordinates_are_errors() {
         let e =
             rasterize(&prompt("{ id: 3, frame: 7, points: [[120, 5]] }"), 100, 100).unwrap_err();
-        assert!(e.to_string().contains("frame 7 (object 3)"), "{e}");
+        assert!(e.to_string().contains("object 3 on frame 7"), "{e}");
         assert!(e.to_string().contains("outside the 100x100 frame"), "{e}");
     }
 }

@@ -47,7 +47,16 @@ pub fn test_pattern_video(path: &Path, frames: u32, w: u32, h: u32) {
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc=size={w}x{h}:rate=25"))
-        .args(["-frames:v", &frames.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-frames:v",
+            &frames.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .arg(path)
         .status()
         .expect("ffmpeg runs");
@@ -74,5 +83,9 @@ pub fn ffprobe(path: &Path) -> (u64, u32, u32) {
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Vec<&str> = text.trim().split(',').collect();
     assert_eq!(v.len(), 3, "ffprobe said {text:?}");
-    (v[2].parse().unwrap(), v[0].parse().unwrap(), v[1].parse().unwrap())
+    (
+        v[2].parse().unwrap(),
+        v[0].parse().unwrap(),
+        v[1].parse().unwrap(),
+    )
 }

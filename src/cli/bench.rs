@@ -1,0 +1,246 @@
+//! `vprompt bench`: the speed of the model alone (a), vprompt end to end (b) and the plain Python way
+//! (c) on one video, in one run, as a markdown table; the ratios b/a and b/c say what the pipeline costs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::model::{Model, Preprocessor, SessionOptions, Tensor};
+use crate::pipeline::{run, RunOptions, RunReport};
+use crate::post::PointGrid;
+use crate::spec::PipelineSpec;
+
+pub struct BenchArgs {
+    pub model: PathBuf,
+    pub video: String,
+    pub mask: PathBuf,
+    pub frames: u64,
+    pub workers: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub device: String,
+    pub python: bool,
+    pub write: Option<PathBuf>,
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let device = a.device.parse().map_err(anyhow::Error::msg)?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = if a.threads > 0 { a.threads } else { cores };
+
+    // (a) the model bound: encoder + decoder back to back on frames decoded and letterboxed beforehand.
+    let model = Model::load(
+        &a.model,
+        &SessionOptions {
+            device,
+            threads,
+            library: None,
+        },
+    )?;
+    let src = PipelineSpec::parse(
+        &format!("source: {{ video: {:?}, end: {} }}\nmodel: m\nprompts: p\nsinks: [{{ kind: jsonl, path: x }}]\n", a.video, a.frames),
+        Path::new("bench.yaml"),
+        &[],
+    )?;
+    let mut reader = crate::source::open(&src.source)?;
+    let mut pre = Preprocessor::new(&model.spec.input);
+    let s = model.input_size() as usize;
+    let mut inputs: Vec<Vec<f32>> = Vec::new();
+    while let Some(d) = reader.next_frame() {
+        if inputs.len() as u64 >= a.frames {
+            break;
+        }
+        let img = d.image?;
+        let mut t = vec![0.0f32; 3 * s * s];
+        pre.fill(&img, &mut t);
+        inputs.push(t);
+    }
+    anyhow::ensure!(!inputs.is_empty(), "the video gave no frame");
+    let grid = PointGrid::new(model.spec.queries.grid);
+    let run_model = |chunk: &[Vec<f32>]| -> Result<()> {
+        let mut data = Vec::with_capacity(chunk.len() * 3 * s * s);
+        for t in chunk {
+            data.extend_from_slice(t);
+        }
+        let feats = model.encode(&Tensor::new(vec![chunk.len(), 3, s, s], data))?;
+        let refs: Vec<_> = feats.iter().collect();
+        model.decode(&refs, &grid.points)?;
+        Ok(())
+    };
+    run_model(&inputs[..1])?; // warm-up
+    let t = Instant::now();
+    for chunk in inputs.chunks(a.batch.max(1)) {
+        run_model(chunk)?;
+    }
+    let fps_a = inputs.len() as f64 / t.elapsed().as_secs_f64();
+    drop(model);
+
+    // (b) vprompt end to end: decode -> model -> track -> palette PNGs.
+    let out = std::env::temp_dir().join(format!("vprompt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("prompts.yaml"),
+        format!(
+            "objects:\n  - {{ id: 1, frame: 0, mask: {:?} }}\n",
+            std::path::absolute(&a.mask)?
+        ),
+    )?;
+    let yaml = format!(
+        "source: {{ video: {:?}, end: {} }}\nmodel: {:?}\nprompts: prompts.yaml\nsinks:\n  - {{ kind: palette_png, dir: masks }}\nruntime: {{ workers: {}, batch_size: {}, threads: {}, device: {:?}, queue_capacity: 8 }}\n",
+        a.video,
+        a.frames,
+        std::path::absolute(&a.model)?,
+        a.workers,
+        a.batch,
+        (threads / a.workers).max(1),
+        a.device
+    );
+    let spec = PipelineSpec::parse(&yaml, &out.join("pipeline.yaml"), &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report: RunReport = rt.block_on(run(
+        spec,
+        RunOptions {
+            stop: Arc::new(AtomicBool::new(false)),
+            ..Default::default()
+        },
+    ))?;
+    let fps_b = report.fps;
+
+    // (c) the Python way.
+    let python = if a.python {
+        let script = Path::new("benches/python_propagate.py");
+        anyhow::ensure!(
+            script.is_file(),
+            "benches/python_propagate.py not found (run from the repository root)"
+        );
+        let o = Command::new("python3")
+            .arg(script)
+            .args(["--model", &a.model.to_string_lossy(), "--video", &a.video])
+            .args(["--mask", &a.mask.to_string_lossy()])
+            .args(["--out", &out.join("python").to_string_lossy()])
+            .args([
+                "--frames",
+                &a.frames.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
+            .output()
+            .context("cannot run python3")?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        anyhow::ensure!(
+            o.status.success(),
+            "the Python baseline failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or("{}");
+        let v: serde_json::Value =
+            serde_json::from_str(last).context("the Python baseline printed no JSON line")?;
+        Some((v["fps"].as_f64().unwrap_or(0.0), v["peak_rss_mib"].as_f64()))
+    } else {
+        None
+    };
+    let _ = std::fs::remove_dir_all(&out);
+
+    let machine = machine_description(cores);
+    let mut t = String::new();
+    t.push_str(&format!(
+        "Machine: {machine}. Model `{}` at {s}x{s}; video `{}`, {} frames; device {}; \
+         workers {}, batch {}, ONNX Runtime threads {threads}.\n\n",
+        a.model.display(),
+        a.video,
+        inputs.len(),
+        a.device,
+        a.workers,
+        a.batch
+    ));
+    t.push_str("| measure | frames/s | peak RSS MiB |\n|---|---:|---:|\n");
+    t.push_str(&format!(
+        "| (a) model bound: encoder + decoder, preloaded inputs | {fps_a:.2} | |\n"
+    ));
+    t.push_str(&format!(
+        "| (b) vprompt end to end (decode -> palette PNGs) | {fps_b:.2} | {} |\n",
+        report
+            .peak_rss_mib
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_default()
+    ));
+    if let Some((fps_c, rss)) = python {
+        t.push_str(&format!(
+            "| (c) plain Python (PyAV + onnxruntime, sequential) | {fps_c:.2} | {} |\n",
+            rss.map(|m| format!("{m:.0}")).unwrap_or_default()
+        ));
+        t.push_str(&format!(
+            "\nb/a = {:.2}, b/c = {:.2}\n",
+            fps_b / fps_a,
+            fps_b / fps_c.max(1e-9)
+        ));
+    } else {
+        t.push_str(&format!("\nb/a = {:.2}\n", fps_b / fps_a));
+    }
+    t.push_str("\nvprompt stages (busy share of wall time):\n\n| stage | items | busy s | busy % |\n|---|---:|---:|---:|\n");
+    for st in &report.stages {
+        t.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0}% |\n",
+            st.stage,
+            st.items,
+            st.busy_s,
+            st.busy_share * 100.0
+        ));
+    }
+    print!("{t}");
+    if let Some(path) = &a.write {
+        let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+        let section = format!("\n## {}\n\n`{cmd}`\n\n{t}", chrono_like_now());
+        let mut text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        text.push_str(&section);
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn machine_description(cores: usize) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {cores} cores available")
+}
+
+/// UTC date and time from the system clock, without a date crate.
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (mo <= 2) as i64;
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
