@@ -28,6 +28,13 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
+    let video = if a.video.contains("://") {
+        a.video.clone()
+    } else {
+        std::path::absolute(&a.video)?
+            .to_string_lossy()
+            .into_owned()
+    };
     let device = a.device.parse().map_err(anyhow::Error::msg)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -44,7 +51,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         },
     )?;
     let src = PipelineSpec::parse(
-        &format!("source: {{ video: {:?}, end: {} }}\nmodel: m\nprompts: p\nsinks: [{{ kind: jsonl, path: x }}]\n", a.video, a.frames),
+        &format!("source: {{ video: {video:?}, end: {} }}\nmodel: m\nprompts: p\nsinks: [{{ kind: jsonl, path: x }}]\n", a.frames),
         Path::new("bench.yaml"),
         &[],
     )?;
@@ -93,7 +100,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     )?;
     let yaml = format!(
         "source: {{ video: {:?}, end: {} }}\nmodel: {:?}\nprompts: prompts.yaml\nsinks:\n  - {{ kind: palette_png, dir: masks }}\nruntime: {{ workers: {}, batch_size: {}, threads: {}, device: {:?}, queue_capacity: 8 }}\n",
-        a.video,
+        video,
         a.frames,
         std::path::absolute(&a.model)?,
         a.workers,

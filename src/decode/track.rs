@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::referring::{candidates, rank};
+use super::referring::{candidates, dot, rank};
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Queries, Tensor};
 use crate::post::mask::{frame_logits, input_logits, mask_to_input};
@@ -23,8 +23,11 @@ const TRIES: usize = 5;
 pub struct ObjectResult {
     pub id: u8,
     pub mask: BinaryMask,
-    /// Softmax match score of the chosen query (1 on a mask-prompted reference frame, 0 when not found).
+    /// Match score of the chosen query: cosine similarity of its embedding to the object's memory,
+    /// clamped to [0, 1] (1 on a mask-prompted reference frame, 0 when not found).
     pub score: f32,
+    /// The chosen query's predicted IoU (mask quality), 1 on a mask-prompted reference frame.
+    pub pred_iou: f32,
     pub area: u64,
     /// Tight box in frame pixels, `xyxy`, `None` when the mask is empty.
     pub box_xyxy: Option<[u32; 4]>,
@@ -40,8 +43,9 @@ pub struct FrameObjects {
     pub objects: Vec<ObjectResult>,
 }
 
-/// Per object on one frame: id, frame logits (`None` = not found), score, model-input mask for the memory.
-type Found = (u8, Option<Vec<f32>>, f32, Option<Vec<f32>>);
+/// Per object on one frame: id, frame logits (`None` = not found), (score, predicted IoU), model-input
+/// mask for the memory.
+type Found = (u8, Option<Vec<f32>>, (f32, f32), Option<Vec<f32>>);
 
 /// Follows the objects of a prompt file through a sequence of frames, in order.
 pub struct Tracker {
@@ -130,30 +134,32 @@ impl Tracker {
                     .iter()
                     .map(|&v| if v != 0 { f32::MAX } else { -1.0 })
                     .collect();
-                found.push((id, Some(logits), 1.0, None));
+                found.push((id, Some(logits), (1.0, 1.0), None));
                 continue;
             }
-            let ranked = rank(queries, &cands, &memory.lookup(), scale);
+            let prompt = memory.lookup();
+            let ranked = rank(queries, &cands, &prompt, scale);
             let mut pick = None;
-            for &(q, p) in ranked.iter().take(TRIES) {
-                if p < self.job.min_score {
+            for &(q, _) in ranked.iter().take(TRIES) {
+                let score = dot(queries.embed_row(q), &prompt).clamp(0.0, 1.0);
+                if score < self.job.min_score {
                     break;
                 }
                 let il = input_logits(mask_feat, queries.mask_row(q), size);
                 let fl = frame_logits(&il, lb);
                 let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
                 if area > self.job.min_area {
-                    pick = Some((fl, p, il));
+                    pick = Some((fl, (score, queries.iou[q]), il));
                     break;
                 }
             }
             match pick {
-                Some((fl, p, il)) => {
-                    let remember = p >= self.job.memory_min_score;
+                Some((fl, scores, il)) => {
+                    let remember = scores.0 >= self.job.memory_min_score;
                     let input_mask = remember.then(|| input_mask(&il, lb));
-                    found.push((id, Some(fl), p, input_mask));
+                    found.push((id, Some(fl), scores, input_mask));
                 }
-                None => found.push((id, None, 0.0, None)),
+                None => found.push((id, None, (0.0, 0.0), None)),
             }
         }
 
@@ -173,7 +179,7 @@ impl Tracker {
         }
         let objects = found
             .iter()
-            .map(|(id, _, score, _)| {
+            .map(|(id, _, (score, pred_iou), _)| {
                 let mask = BinaryMask {
                     width: w,
                     height: h,
@@ -184,6 +190,7 @@ impl Tracker {
                     id: *id,
                     box_xyxy: mask.bbox_xyxy(),
                     score: if area > 0 { *score } else { 0.0 },
+                    pred_iou: if area > 0 { *pred_iou } else { 0.0 },
                     area,
                     mask,
                 }

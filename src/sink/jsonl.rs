@@ -38,6 +38,7 @@ impl Sink for JsonlSink {
                 json!({
                     "id": o.id,
                     "score": (o.score as f64 * 1e4).round() / 1e4,
+                    "pred_iou": (o.pred_iou as f64 * 1e4).round() / 1e4,
                     "area": o.area,
                     "box_xyxy": o.box_xyxy,
                 })

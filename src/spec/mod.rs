@@ -71,14 +71,14 @@ pub struct JobSpec {
     /// Masks of at most this many frame pixels are dropped (DINOv: 50).
     #[serde(default = "default_min_area")]
     pub min_area: u64,
-    /// An object's best match must reach this softmax score to be drawn; below it the frame gets an
-    /// empty mask for that object.
+    /// An object's best match must reach this score (cosine similarity of the query to the object's
+    /// memory) to be drawn; below it the frame gets an empty mask for that object.
     #[serde(default)]
     pub min_score: f32,
     /// Recent predictions kept per object besides the pinned first prompt (DINOv: 8).
     #[serde(default = "default_memory")]
     pub memory: usize,
-    /// A prediction enters the memory only when its score reaches this.
+    /// A prediction enters the memory only when its score (cosine similarity) reaches this.
     #[serde(default = "default_memory_min_score")]
     pub memory_min_score: f32,
 }
