@@ -230,6 +230,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 None => default_model()?,
             };
             let is_dir = Path::new(&video).is_dir();
+            // Local paths are made absolute: the generated pipeline file lives in the output folder.
+            let video = if video.contains("://") {
+                video
+            } else {
+                std::path::absolute(&video)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or(video)
+            };
             let source = if is_dir {
                 format!("frames: {}", yaml_str(&video))
             } else {
