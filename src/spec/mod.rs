@@ -78,7 +78,9 @@ pub struct JobSpec {
     /// Recent predictions kept per object besides the pinned first prompt (DINOv: 8).
     #[serde(default = "default_memory")]
     pub memory: usize,
-    /// A prediction enters the memory only when its score (cosine similarity) reaches this.
+    /// A prediction enters the memory only when its score (cosine similarity) reaches this. The default 0
+    /// takes every prediction that passed the IoU, NMS and area filters (the shipped model's matches score
+    /// 0.1-0.4, so a higher default would leave its memory empty).
     #[serde(default = "default_memory_min_score")]
     pub memory_min_score: f32,
 }
@@ -96,7 +98,7 @@ fn default_memory() -> usize {
     8
 }
 fn default_memory_min_score() -> f32 {
-    0.5
+    0.0
 }
 
 impl Default for JobSpec {
