@@ -70,18 +70,28 @@ impl Letterbox {
 pub struct Preprocessor {
     resizer: Resizer,
     scaled: Vec<u8>,
-    mean: [f32; 3],
-    std: [f32; 3],
+    /// Normalised value of each 8-bit level, per channel.
+    lut: Vec<[f32; 3]>,
     size: u32,
 }
 
 impl Preprocessor {
     pub fn new(input: &InputSpec) -> Self {
+        let (mean, std) = (input.mean, input.std);
+        let lut = (0..256)
+            .map(|v| {
+                let x = v as f32 / 255.0;
+                [
+                    (x - mean[0]) / std[0],
+                    (x - mean[1]) / std[1],
+                    (x - mean[2]) / std[2],
+                ]
+            })
+            .collect();
         Preprocessor {
             resizer: Resizer::new(),
             scaled: Vec::new(),
-            mean: input.mean,
-            std: input.std,
+            lut,
             size: input.size,
         }
     }
@@ -130,22 +140,12 @@ impl Preprocessor {
         }
         out.fill(0.0);
         let plane = s * s;
-        let lut: Vec<[f32; 3]> = (0..256)
-            .map(|v| {
-                let x = v as f32 / 255.0;
-                [
-                    (x - self.mean[0]) / self.std[0],
-                    (x - self.mean[1]) / self.std[1],
-                    (x - self.mean[2]) / self.std[2],
-                ]
-            })
-            .collect();
         for y in 0..sh {
             let row = &self.scaled[y * sw * 3..(y + 1) * sw * 3];
             for x in 0..sw {
                 let i = y * s + x;
                 for c in 0..3 {
-                    out[c * plane + i] = lut[row[x * 3 + c] as usize][c];
+                    out[c * plane + i] = self.lut[row[x * 3 + c] as usize][c];
                 }
             }
         }

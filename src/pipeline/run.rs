@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender};
 use image::RgbImage;
 
 use super::stats::{
@@ -625,11 +624,4 @@ fn progress_bar(enabled: bool) -> Option<indicatif::ProgressBar> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     Some(bar)
-}
-
-#[doc(hidden)]
-pub fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Sender<SourceItem>>();
-    is_send::<Receiver<Encoded>>();
 }

@@ -8,7 +8,8 @@ use image::RgbImage;
 use super::{Decoded, FrameReader};
 use crate::error::Error;
 
-const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPG"];
+/// File extensions read as images, in any letter case.
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// Reads a sorted list of image files.
 pub struct ImageListReader {
@@ -69,11 +70,9 @@ fn list_folder(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         .map(|e| e.path())
         .filter(|p| {
             p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    EXTENSIONS.contains(&e)
-                        || e.eq_ignore_ascii_case("png")
-                        || e.eq_ignore_ascii_case("jpeg")
-                })
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
         })
         .collect();
     files.sort();

@@ -73,16 +73,6 @@ impl FrameRange {
         }
         Some(index >= self.start && (index - self.start) % self.stride == 0)
     }
-
-    /// How many frames of a source of `total` frames are kept.
-    pub fn count(&self, total: u64) -> u64 {
-        let end = self.end.map_or(total, |e| e.min(total));
-        if end <= self.start {
-            0
-        } else {
-            (end - self.start).div_ceil(self.stride)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -101,7 +91,5 @@ mod tests {
             .filter(|&i| r.admit(i) == Some(true))
             .collect();
         assert_eq!(kept, vec![2, 5, 8]);
-        assert_eq!(r.count(100), 3);
-        assert_eq!(r.count(6), 2);
     }
 }
