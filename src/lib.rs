@@ -3,6 +3,7 @@
 //! A frame goes `source` -> `model` (letterbox, encoder, decoder) -> `decode` (prompt memory lookup,
 //! matching) -> `post` (masks, NMS, RLE) -> `sink`. `spec` reads the YAML that wires it; `pipeline` runs it.
 
+pub mod bank;
 pub mod cli;
 pub mod decode;
 pub mod error;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+mod autolabel;
 mod bench;
 
 use anyhow::{Context, Result};
@@ -47,6 +48,23 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Auto-labeling: start over instead of resuming from the manifest.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Label every instance of the exemplars' classes in a folder of images: the one-line form of
+    /// autolabel. Resumes where a stopped run left off.
+    Autolabel(autolabel::AutolabelArgs),
+    /// Build or look into a prompt bank (exemplar embeddings per class).
+    #[command(subcommand)]
+    Bank(autolabel::BankCommand),
+    /// Join the COCO files of shards of one auto-labeling run into one.
+    Merge {
+        /// The shards' COCO files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Follow objects marked on one frame through a whole video: the one-line form of propagate.
     Propagate {
@@ -126,6 +144,23 @@ enum EvalCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// COCO mask AP, AP50, AP75 and per-class AP (the protocol of pycocotools' COCOeval, segm).
+    Coco {
+        /// Predictions: a COCO file written by vprompt (images matched by file_name) or a results list.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Ground truth: COCO instances JSON.
+        #[arg(long)]
+        gt: PathBuf,
+        /// `all` (every ground-truth category), `pred` (those the predictions list), or ids `1,3,7`.
+        #[arg(long, default_value = "all")]
+        categories: String,
+        /// `all` ground-truth images, or only the images the predictions list (`pred`).
+        #[arg(long, default_value = "all")]
+        images: String,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -197,9 +232,17 @@ fn dispatch(cmd: Command) -> Result<i32> {
             set,
             metrics_addr,
             quiet,
+            restart,
         } => {
             let spec = PipelineSpec::load(&file, &set)?;
-            execute(spec, metrics_addr, quiet)
+            execute(spec, metrics_addr, quiet, restart)
+        }
+        Command::Autolabel(args) => autolabel::autolabel(args),
+        Command::Bank(cmd) => autolabel::bank(cmd),
+        Command::Merge { inputs, out } => {
+            let n = crate::sink::coco::merge(&inputs, &out)?;
+            println!("{}: {n} images from {} files", out.display(), inputs.len());
+            Ok(0)
         }
         Command::Propagate {
             video,
@@ -275,7 +318,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             std::fs::write(&spec_path, &text)
                 .with_context(|| format!("cannot write {}", spec_path.display()))?;
             let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
-            execute(spec, None, quiet)
+            execute(spec, None, quiet, false)
         }
         Command::Bench {
             model,
@@ -317,16 +360,55 @@ fn dispatch(cmd: Command) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Eval(EvalCommand::Coco {
+            pred,
+            gt,
+            categories,
+            images,
+            json,
+        }) => {
+            use crate::eval::coco;
+            let cats = match categories.as_str() {
+                "all" => coco::Categories::All,
+                "pred" => coco::Categories::Pred,
+                ids => coco::Categories::Ids(
+                    ids.split(',')
+                        .map(|t| t.trim().parse::<u32>())
+                        .collect::<Result<_, _>>()
+                        .with_context(|| {
+                            format!("--categories {ids}: give all, pred or comma-separated ids")
+                        })?,
+                ),
+            };
+            let images = match images.as_str() {
+                "all" => coco::Images::All,
+                "pred" => coco::Images::Pred,
+                other => anyhow::bail!("--images {other}: give all or pred"),
+            };
+            let report = coco::evaluate(&pred, &gt, &cats, images)?;
+            print!("{}", report.table());
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", j.display()))?;
+            }
+            Ok(0)
+        }
     }
 }
 
-fn execute(spec: PipelineSpec, metrics_addr: Option<SocketAddr>, quiet: bool) -> Result<i32> {
+fn execute(
+    spec: PipelineSpec,
+    metrics_addr: Option<SocketAddr>,
+    quiet: bool,
+    restart: bool,
+) -> Result<i32> {
     let opts = RunOptions {
         metrics_addr,
         progress: !quiet,
         stop: Arc::new(AtomicBool::new(false)),
         handle_signals: true,
         slow_sink: None,
+        restart,
     };
     let rt = runtime()?;
     let report: RunReport = rt.block_on(run(spec, opts))?;
@@ -334,7 +416,7 @@ fn execute(spec: PipelineSpec, metrics_addr: Option<SocketAddr>, quiet: bool) ->
     Ok(if report.interrupted { 130 } else { 0 })
 }
 
-fn yaml_str(s: &str) -> String {
+pub(crate) fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
@@ -359,7 +441,7 @@ fn write_prompts(file: &PromptFile, path: &Path) -> Result<()> {
 }
 
 /// The shipped model: `models/vprompt-lite0` in the working directory or above the executable.
-fn default_model() -> Result<PathBuf> {
+pub(crate) fn default_model() -> Result<PathBuf> {
     let rel = Path::new("models/vprompt-lite0");
     if rel.join("model.yaml").is_file() {
         return Ok(rel.to_path_buf());

@@ -1,7 +1,10 @@
 //! From decoded queries to objects: DINOv's referring selection (predicted IoU, box NMS, softmax over
-//! match scores, top-1) and the video tracker that keeps each object's memory. Masks are `post/`.
+//! match scores, top-1), the video tracker that keeps each object's memory, and generic in-context
+//! labeling against a prompt bank. Masks are `post/`.
 
+pub mod generic;
 pub mod referring;
 pub mod track;
 
+pub use generic::Labeler;
 pub use track::{FrameObjects, ObjectResult, Tracker};

@@ -21,7 +21,10 @@ const TRIES: usize = 5;
 /// One object's result on one frame.
 #[derive(Debug, Clone)]
 pub struct ObjectResult {
+    /// Palette index in label images: the object id (propagate) or the instance number (autolabel).
     pub id: u8,
+    /// COCO category: the object id (propagate) or the bank class id (autolabel).
+    pub category: u32,
     pub mask: BinaryMask,
     /// Match score of the chosen query: cosine similarity of its embedding to the object's memory,
     /// clamped to [0, 1] (1 on a mask-prompted reference frame, 0 when not found).
@@ -188,6 +191,7 @@ impl Tracker {
                 let area = mask.area();
                 ObjectResult {
                     id: *id,
+                    category: *id as u32,
                     box_xyxy: mask.bbox_xyxy(),
                     score: if area > 0 { *score } else { 0.0 },
                     pred_iou: if area > 0 { *pred_iou } else { 0.0 },

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,16 +16,19 @@ use image::RgbImage;
 use super::stats::{
     peak_rss_mib, InFlight, ItemError, LatencyHistogram, RunReport, StageStats, QUEUE_DEPTH,
 };
-use crate::decode::{FrameObjects, Tracker};
+use crate::bank::Bank;
+use crate::decode::{FrameObjects, Labeler, Tracker};
 use crate::error::{Error, Result};
 use crate::model::{
     Device, Features, Letterbox, Model, Preprocessor, Queries, SessionOptions, Tensor,
 };
 use crate::post::PointGrid;
 use crate::prompt::PromptFile;
+use crate::sink::manifest::{self, ManifestHeader};
+use crate::sink::record::ImageRecord;
 use crate::sink::{self, FrameRecord, Sink, SinkContext};
 use crate::source::{self, FrameRange};
-use crate::spec::{OnError, PipelineSpec, SinkSpec};
+use crate::spec::{JobKind, OnError, PipelineSpec, Shard, SinkSpec};
 
 /// How to run, besides the spec.
 #[derive(Clone, Default)]
@@ -40,6 +43,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// A test hook: sleep this long in the sink stage per frame (a deliberately slow sink).
     pub slow_sink: Option<Duration>,
+    /// Auto-labeling: start over instead of resuming from the manifest.
+    pub restart: bool,
 }
 
 struct SourceItem {
@@ -47,6 +52,7 @@ struct SourceItem {
     seq: u64,
     index: u64,
     name: String,
+    file: Option<String>,
     image: Result<Arc<RgbImage>>,
 }
 
@@ -55,6 +61,7 @@ struct Encoded {
     seq: u64,
     index: u64,
     name: String,
+    file: Option<String>,
     image: Arc<RgbImage>,
     outcome: Result<(Letterbox, Features, Queries)>,
 }
@@ -64,9 +71,38 @@ struct Finished {
     seq: u64,
     index: u64,
     name: String,
+    file: Option<String>,
     image: Option<Arc<RgbImage>>,
     outcome: Result<FrameObjects>,
     stage: &'static str,
+}
+
+/// What the per-frame stage computes.
+enum Job {
+    Track(Box<Tracker>),
+    Label(Labeler),
+}
+
+impl Job {
+    fn step(
+        &mut self,
+        index: u64,
+        lb: &Letterbox,
+        feats: &Features,
+        q: &Queries,
+    ) -> Result<FrameObjects> {
+        match self {
+            Job::Track(t) => t.step(index, lb, feats, q),
+            Job::Label(l) => l.label(lb, feats, q),
+        }
+    }
+
+    fn waiting(&self) -> Vec<(u8, u64)> {
+        match self {
+            Job::Track(t) => t.waiting(),
+            Job::Label(_) => vec![],
+        }
+    }
 }
 
 /// Runs a pipeline to its end and returns the report. Setup errors (spec, model, prompts, source, sinks)
@@ -91,9 +127,25 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     };
 
     // Setup, all before the first frame.
+    let autolabel = spec.job.kind == JobKind::Autolabel;
     let prompts_path = spec.prompts.clone().unwrap_or_default();
-    let prompts = PromptFile::load(&prompts_path)?;
+    let prompts = if autolabel {
+        PromptFile { objects: vec![] }
+    } else {
+        PromptFile::load(&prompts_path)?
+    };
     let range = FrameRange::from_spec(&spec.source);
+    let shard: Option<Shard> = match &spec.source.shard {
+        Some(s) => Some(s.parse().map_err(|e: String| Error::Spec {
+            path: "source.shard".into(),
+            msg: e,
+        })?),
+        None => None,
+    };
+    let bank = match (&spec.bank, autolabel) {
+        (Some(p), true) => Some(Bank::load(p)?),
+        _ => None,
+    };
     for o in &prompts.objects {
         if range.admit(o.frame) != Some(true) {
             return Err(Error::Prompt {
@@ -111,10 +163,66 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         .await
         .map_err(|e| Error::Runtime(format!("model loading stopped: {e}")))??;
     let model = Arc::new(model);
+
+    // Auto-labeling: the bank's classes, and what an earlier run of the same settings finished.
+    let mut categories: Vec<(u32, String)> = prompts
+        .objects
+        .iter()
+        .map(|o| (o.id as u32, format!("object {}", o.id)))
+        .collect();
+    let mut classes = Vec::new();
+    let mut previous: Vec<ImageRecord> = Vec::new();
+    let mut manifest_sink = None;
+    if let (Some(bank), Some(bank_path)) = (&bank, &spec.bank) {
+        bank.check_model(&model, bank_path)?;
+        classes = bank.class_embeddings(spec.job.exemplars_per_class, spec.job.seed);
+        categories = classes.iter().map(|c| (c.id, c.name.clone())).collect();
+        let path = spec
+            .job
+            .manifest
+            .clone()
+            .or_else(|| report_location(&spec.sinks).map(|r| r.with_file_name("manifest.jsonl")))
+            .ok_or_else(|| Error::Runtime("autolabel needs `job.manifest` or a sink".into()))?;
+        let mut job = spec.job.clone();
+        job.manifest = None;
+        let header = ManifestHeader {
+            vprompt_manifest: 1,
+            model: model.identity.clone(),
+            bank: bank.digest(),
+            settings: format!(
+                "job {job:?}; source {:?} {:?} {:?} {}..{:?}/{}; sinks {:?}",
+                spec.source.images,
+                spec.source.frames,
+                spec.source.video,
+                spec.source.start,
+                spec.source.end,
+                spec.source.stride,
+                spec.sinks
+            ),
+            shard: spec.source.shard.clone(),
+        };
+        let (sink, prev) = manifest::open(&path, &header, opts.restart)?;
+        if !prev.is_empty() {
+            tracing::info!(
+                "resuming: {} images are already done ({})",
+                prev.len(),
+                path.display()
+            );
+        }
+        previous = prev;
+        manifest_sink = Some(sink);
+    }
+    let done: std::collections::HashSet<u64> = previous.iter().map(|r| r.index).collect();
+    let keep = move |i: u64| shard.is_none_or(|s| s.admits(i)) && !done.contains(&i);
+    let keep = Arc::new(keep);
+
     let source_spec = spec.source.clone();
-    let reader = tokio::task::spawn_blocking(move || source::open(&source_spec))
-        .await
-        .map_err(|e| Error::Runtime(format!("source opening stopped: {e}")))??;
+    let keep_src = keep.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        source::open_filtered(&source_spec, Some(&|i| keep_src(i)))
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("source opening stopped: {e}")))??;
     if let Some(total) = reader
         .len_hint()
         .filter(|_| spec.source.images.is_none() && spec.source.video.is_none())
@@ -122,19 +230,33 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         prompts.check_frames(total, &prompts_path)?;
     }
     let fps = reader.fps().or(spec.source.fps).unwrap_or(24.0);
+    let source_root = spec.source.images.as_ref().map(|p| {
+        let p = Path::new(p);
+        if p.is_dir() {
+            p.to_path_buf()
+        } else {
+            source::ImageListReader::images(&p.to_string_lossy())
+                .map(|r| r.root().to_path_buf())
+                .unwrap_or_default()
+        }
+    });
     let ctx = SinkContext {
         fps,
-        categories: prompts
-            .objects
-            .iter()
-            .map(|o| (o.id, format!("object {}", o.id)))
-            .collect(),
+        categories,
+        previous: Arc::new(previous),
+        source_root,
     };
-    let sinks: Vec<Box<dyn Sink>> = spec
+    let mut sinks: Vec<Box<dyn Sink>> = spec
         .sinks
         .iter()
         .map(|s| sink::build(s, &ctx))
         .collect::<Result<_>>()?;
+    // Last: an image enters the manifest only once every other sink has it.
+    if let Some(m) = manifest_sink {
+        sinks.push(Box::new(m));
+    }
+    let resumed = ctx.previous.len() as u64;
+    drop(ctx);
     let report_path = report_location(&spec.sinks);
 
     if let Some(addr) = opts.metrics_addr {
@@ -175,6 +297,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     Some(false) => continue,
                     Some(true) => {}
                 }
+                if !keep(d.index) {
+                    continue;
+                }
                 let image = d.image.and_then(|img| {
                     let px = img.width() as u64 * img.height() as u64;
                     if px > max_pixels {
@@ -203,6 +328,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     seq,
                     index: d.index,
                     name: d.name,
+                    file: d.file,
                     image,
                 };
                 seq += 1;
@@ -215,7 +341,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     };
 
     // Model workers: letterbox, encoder and decoder, in batches.
-    let grid = PointGrid::new(model.spec.queries.grid);
+    // Autolabel uses only the generic queries, which do not depend on the point queries: one point keeps
+    // the decoder's interactive half as small as it gets.
+    let grid_points = if autolabel {
+        vec![[0.5f32, 0.5]]
+    } else {
+        PointGrid::new(model.spec.queries.grid).points
+    };
     let mut model_tasks = Vec::new();
     for _ in 0..workers {
         let (rx, tx, model, st, points) = (
@@ -223,7 +355,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
             enc_tx.clone(),
             model.clone(),
             st_model.clone(),
-            grid.points.clone(),
+            grid_points.clone(),
         );
         model_tasks.push(tokio::task::spawn_blocking(move || {
             let mut pre = Preprocessor::new(&model.spec.input);
@@ -238,7 +370,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                 let mut good = Vec::new();
                 for it in items {
                     match it.image {
-                        Ok(img) => good.push((it.read_at, it.seq, it.index, it.name, img)),
+                        Ok(img) => good.push((it.read_at, it.seq, it.index, it.name, it.file, img)),
                         Err(e) => {
                             // Passed on so that order can be restored; the failure is counted at the end.
                             let _ = tx.send_blocking(Encoded {
@@ -246,6 +378,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                                 seq: it.seq,
                                 index: it.index,
                                 name: it.name,
+                                file: it.file,
                                 image: Arc::new(RgbImage::new(0, 0)),
                                 outcome: Err(e),
                             });
@@ -267,7 +400,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                             .collect()
                     }
                 };
-                for ((read_at, seq, index, name, image), outcome) in good.into_iter().zip(outs) {
+                for ((read_at, seq, index, name, file, image), outcome) in
+                    good.into_iter().zip(outs)
+                {
                     if outcome.is_err() {
                         st.fail();
                     }
@@ -277,6 +412,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                             seq,
                             index,
                             name,
+                            file,
                             image,
                             outcome,
                         })
@@ -293,11 +429,19 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     // Track: restore order, then match objects frame by frame.
     let track_task = {
         let (rx, tx, st) = (enc_rx.clone(), fin_tx, st_track.clone());
-        let mut tracker = Tracker::new(model.clone(), spec.job.clone(), prompts);
+        let mut tracker = if autolabel {
+            Job::Label(Labeler::new(model.clone(), classes, spec.job.clone()))
+        } else {
+            Job::Track(Box::new(Tracker::new(
+                model.clone(),
+                spec.job.clone(),
+                prompts,
+            )))
+        };
         tokio::task::spawn_blocking(move || {
             let mut pending: BTreeMap<u64, Encoded> = BTreeMap::new();
             let mut next = 0u64;
-            let forward = |e: Encoded, tracker: &mut Tracker| -> bool {
+            let forward = |e: Encoded, tracker: &mut Job| -> bool {
                 let (outcome, stage, image) = match e.outcome {
                     Ok((lb, feats, queries)) => {
                         let t = Instant::now();
@@ -315,6 +459,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                     seq: e.seq,
                     index: e.index,
                     name: e.name,
+                    file: e.file,
                     image,
                     outcome,
                     stage,
@@ -368,6 +513,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                         seq: f.seq,
                         index: f.index,
                         name: &f.name,
+                        file: f.file.as_deref(),
                         image,
                         result: &result,
                     };
@@ -523,6 +669,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         frames_read: read,
         frames_written: written,
         frames_failed: errors.len() as u64,
+        frames_resumed: resumed,
         wall_s: wall.as_secs_f64(),
         fps: written as f64 / wall.as_secs_f64().max(1e-9),
         peak_frames_in_flight: in_flight.peak(),
@@ -575,14 +722,14 @@ pub fn in_flight_bound(cap: usize, workers: usize, batch: usize) -> u64 {
 fn encode_batch(
     model: &Model,
     pre: &mut Preprocessor,
-    items: &[(Instant, u64, u64, String, Arc<RgbImage>)],
+    items: &[(Instant, u64, u64, String, Option<String>, Arc<RgbImage>)],
     points: &[[f32; 2]],
 ) -> Result<Vec<(Letterbox, Features, Queries)>> {
     let s = pre.size() as usize;
     let per = 3 * s * s;
     let mut data = vec![0.0f32; per * items.len()];
     let mut boxes = Vec::with_capacity(items.len());
-    for (i, (_, _, _, _, img)) in items.iter().enumerate() {
+    for (i, (_, _, _, _, _, img)) in items.iter().enumerate() {
         boxes.push(pre.fill(img, &mut data[i * per..(i + 1) * per]));
     }
     let t = Tensor::new(vec![items.len(), 3, s, s], data);
@@ -600,12 +747,13 @@ fn encode_batch(
 fn report_location(sinks: &[SinkSpec]) -> Option<PathBuf> {
     let first = sinks.first()?;
     let anchor = match first {
-        SinkSpec::PalettePng { dir } | SinkSpec::OverlayPng { dir } => {
+        SinkSpec::PalettePng { dir } | SinkSpec::OverlayPng { dir } | SinkSpec::Yolo { dir } => {
             dir.parent().map(|p| p.to_path_buf())
         }
-        SinkSpec::Coco { path } | SinkSpec::Jsonl { path } | SinkSpec::Video { path, .. } => {
-            path.parent().map(|p| p.to_path_buf())
-        }
+        SinkSpec::Coco { path }
+        | SinkSpec::Jsonl { path }
+        | SinkSpec::Video { path, .. }
+        | SinkSpec::ContactSheet { path, .. } => path.parent().map(|p| p.to_path_buf()),
     }?;
     Some(anchor.join("report.json"))
 }

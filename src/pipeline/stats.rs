@@ -225,6 +225,8 @@ pub struct RunReport {
     pub frames_read: u64,
     pub frames_written: u64,
     pub frames_failed: u64,
+    /// Images an earlier, interrupted run had finished (auto-labeling resume); not read again.
+    pub frames_resumed: u64,
     pub wall_s: f64,
     pub fps: f64,
     pub peak_frames_in_flight: u64,
@@ -244,12 +246,17 @@ impl RunReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "{} frames in {:.2} s ({:.2} frames/s){}; {} failed; peak {} frames in flight (bound {}){}\n\
+            "{} frames in {:.2} s ({:.2} frames/s){}{}; {} failed; peak {} frames in flight (bound {}){}\n\
              latency per frame (decode to written): p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n",
             self.frames_written,
             self.wall_s,
             self.fps,
             if self.interrupted { ", INTERRUPTED" } else { "" },
+            if self.frames_resumed > 0 {
+                format!(" after {} done by an earlier run", self.frames_resumed)
+            } else {
+                String::new()
+            },
             self.frames_failed,
             self.peak_frames_in_flight,
             self.in_flight_bound,

@@ -1,9 +1,10 @@
-//! Post-processing: point grid, box NMS, masks from kept queries, COCO RLE.
+//! Post-processing: point grid, box NMS, masks from kept queries, COCO RLE and polygons.
 //! Matching queries to prompts is `decode/`; writing files is `sink/`.
 
 pub mod grid;
 pub mod mask;
 pub mod nms;
+pub mod poly;
 pub mod rle;
 
 pub use grid::PointGrid;

@@ -1,12 +1,14 @@
 //! JSON Lines: one line per frame with each object's id, box (`xyxy` frame pixels), score and area,
-//! flushed per line so that a reader can follow a live run.
+//! flushed per line so that a reader can follow a live run. A resumed auto-labeling run keeps the lines
+//! of the images its manifest holds and appends after them.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{create_parent, FrameRecord, Sink};
+use super::record::ImageRecord;
+use super::{create_parent, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
 pub struct JsonlSink {
@@ -15,12 +17,24 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
-    pub fn new(path: &Path) -> Result<Self, Error> {
+    pub fn new(path: &Path, previous: &[ImageRecord]) -> Result<Self, Error> {
         create_parent(path)?;
-        let file = std::fs::File::create(path).map_err(|e| Error::Sink {
-            path: path.to_path_buf(),
-            msg: format!("cannot create: {e}"),
-        })?;
+        if !previous.is_empty() && path.exists() {
+            keep_done_lines(path, previous)?;
+        } else if path.exists() {
+            std::fs::remove_file(path).map_err(|e| Error::Sink {
+                path: path.to_path_buf(),
+                msg: format!("cannot replace: {e}"),
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Sink {
+                path: path.to_path_buf(),
+                msg: format!("cannot create: {e}"),
+            })?;
         Ok(JsonlSink {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
@@ -37,6 +51,7 @@ impl Sink for JsonlSink {
             .map(|o| {
                 json!({
                     "id": o.id,
+                    "category": o.category,
                     "score": (o.score as f64 * 1e4).round() / 1e4,
                     "pred_iou": (o.pred_iou as f64 * 1e4).round() / 1e4,
                     "area": o.area,
@@ -67,4 +82,28 @@ impl Sink for JsonlSink {
         })?;
         Ok(vec![self.path.clone()])
     }
+}
+
+/// Rewrites the file with only the lines of images an earlier run finished (a kill may have left lines
+/// of images the manifest does not hold, or half a line).
+fn keep_done_lines(path: &Path, previous: &[ImageRecord]) -> Result<(), Error> {
+    let err = |e: std::io::Error| Error::Sink {
+        path: path.to_path_buf(),
+        msg: format!("cannot resume: {e}"),
+    };
+    let done: std::collections::HashSet<u64> = previous.iter().map(|r| r.index).collect();
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    let mut kept = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let frame = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["frame"].as_u64());
+        if let Some(i) = frame.filter(|i| done.contains(i)) {
+            if seen.insert(i) {
+                kept.push_str(line);
+            }
+        }
+    }
+    write_atomic(path, |tmp| std::fs::write(tmp, &kept).map_err(err))
 }

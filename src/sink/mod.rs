@@ -2,12 +2,17 @@
 //! frame in order and closes its files in `finish`, also when a run is stopped early.
 
 pub mod coco;
+pub mod contact;
 pub mod jsonl;
+pub mod manifest;
 pub mod overlay;
 pub mod palette;
+pub mod record;
 pub mod video;
+pub mod yolo;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::RgbImage;
 
@@ -22,6 +27,8 @@ pub struct FrameRecord<'a> {
     /// Index in the source.
     pub index: u64,
     pub name: &'a str,
+    /// The image file relative to the source folder, for image sources.
+    pub file: Option<&'a str>,
     pub image: &'a RgbImage,
     pub result: &'a FrameObjects,
 }
@@ -37,7 +44,11 @@ pub trait Sink: Send {
 pub struct SinkContext {
     pub fps: f64,
     /// `(id, name)` of every object or category.
-    pub categories: Vec<(u8, String)>,
+    pub categories: Vec<(u32, String)>,
+    /// Images finished by an earlier run that this one resumes (auto-labeling).
+    pub previous: Arc<Vec<record::ImageRecord>>,
+    /// The folder image names are relative to (image sources).
+    pub source_root: Option<PathBuf>,
 }
 
 /// Builds the running sink a spec describes (creating output folders).
@@ -46,7 +57,11 @@ pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>, Error>
         SinkSpec::PalettePng { dir } => Box::new(PalettePngSink::new(dir)?),
         SinkSpec::OverlayPng { dir } => Box::new(overlay::OverlayPngSink::new(dir)?),
         SinkSpec::Coco { path } => Box::new(coco::CocoSink::new(path, ctx)?),
-        SinkSpec::Jsonl { path } => Box::new(jsonl::JsonlSink::new(path)?),
+        SinkSpec::Jsonl { path } => Box::new(jsonl::JsonlSink::new(path, &ctx.previous)?),
+        SinkSpec::Yolo { dir } => Box::new(yolo::YoloSink::new(dir, ctx)?),
+        SinkSpec::ContactSheet { path, count } => {
+            Box::new(contact::ContactSheetSink::new(path, *count, ctx)?)
+        }
         SinkSpec::Video { path, fps } => {
             Box::new(video::VideoSink::new(path, fps.unwrap_or(ctx.fps))?)
         }
@@ -101,6 +116,7 @@ impl PalettePngSink {
 impl Sink for PalettePngSink {
     fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
         let path = self.dir.join(format!("{}.png", f.name));
+        create_parent(&path)?;
         write_atomic(&path, |tmp| {
             palette::write(tmp, f.result.width, f.result.height, &f.result.labels)
         })?;

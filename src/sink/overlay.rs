@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use super::{create_dir, palette, write_atomic, FrameRecord, Sink};
+use super::{create_dir, create_parent, palette, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
 /// The frame with labels drawn over it (`labels` is one id per pixel, 0 = none).
@@ -56,6 +56,7 @@ impl Sink for OverlayPngSink {
     fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
         let img = draw(f.image, &f.result.labels);
         let path = self.dir.join(format!("{}.png", f.name));
+        create_parent(&path)?;
         write_atomic(&path, |tmp| {
             img.save_with_format(tmp, image::ImageFormat::Png)
                 .map_err(|e| Error::Sink {

@@ -13,7 +13,10 @@ const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// Reads a sorted list of image files.
 pub struct ImageListReader {
-    files: Vec<PathBuf>,
+    /// `(index in the full sorted list, path)`; `retain` may drop entries, indices stay.
+    files: Vec<(u64, PathBuf)>,
+    /// Names are paths relative to this folder.
+    root: PathBuf,
     next: usize,
     sequence: bool,
 }
@@ -22,18 +25,14 @@ impl ImageListReader {
     /// A folder whose JPEG/PNG files, in name order, are the frames of one video.
     pub fn frames_folder(dir: &Path) -> Result<Self, Error> {
         let files = list_folder(dir)?;
-        Ok(ImageListReader {
-            files,
-            next: 0,
-            sequence: true,
-        })
+        Ok(ImageListReader::new(files, dir.to_path_buf(), true))
     }
 
     /// A folder of images, or a glob pattern (`data/*.jpg`); each image stands alone.
     pub fn images(pattern: &str) -> Result<Self, Error> {
         let p = Path::new(pattern);
-        let files = if p.is_dir() {
-            list_folder(p)?
+        let (files, root) = if p.is_dir() {
+            (list_folder(p)?, p.to_path_buf())
         } else {
             let err = |msg: String| Error::Source {
                 source_name: pattern.to_string(),
@@ -49,14 +48,54 @@ impl ImageListReader {
             if files.is_empty() {
                 return Err(err("no such folder, and the pattern matches no file".into()));
             }
-            files
+            (files, glob_root(pattern))
         };
-        Ok(ImageListReader {
-            files,
-            next: 0,
-            sequence: false,
-        })
+        Ok(ImageListReader::new(files, root, false))
     }
+
+    fn new(files: Vec<PathBuf>, root: PathBuf, sequence: bool) -> Self {
+        ImageListReader {
+            files: files
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64, p))
+                .collect(),
+            root,
+            next: 0,
+            sequence,
+        }
+    }
+
+    /// Keeps only the files whose index (in the full sorted list) passes `keep`; the others are never
+    /// opened. Indices and names stay those of the full list.
+    pub fn retain(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.files.retain(|(i, _)| keep(*i));
+    }
+
+    /// The folder names are relative to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The folder part of a glob pattern before its first wildcard (`data/imgs/*.jpg` -> `data/imgs`).
+fn glob_root(pattern: &str) -> PathBuf {
+    let mut root = PathBuf::new();
+    for c in Path::new(pattern).components() {
+        let s = c.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            break;
+        }
+        root.push(c);
+    }
+    if root.as_os_str() == pattern || root.as_os_str().is_empty() {
+        // A plain file path: its folder.
+        return Path::new(pattern)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+    }
+    root
 }
 
 fn list_folder(dir: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -118,16 +157,22 @@ impl FrameReader for ImageListReader {
     }
 
     fn next_frame(&mut self) -> Option<Decoded> {
-        let path = self.files.get(self.next)?;
-        let index = self.next as u64;
+        let (index, path) = self.files.get(self.next)?;
+        let index = *index;
         self.next += 1;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("{index:05}"));
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let file = rel.to_string_lossy().replace('\\', "/");
+        // The name is the relative path without its extension: unique, and a stem for flat folders.
+        let name = rel.with_extension("").to_string_lossy().replace('\\', "/");
+        let name = if name.is_empty() {
+            format!("{index:05}")
+        } else {
+            name
+        };
         Some(Decoded {
             index,
             name,
+            file: Some(file),
             image: read_rgb(path),
         })
     }

@@ -9,7 +9,7 @@ use image::RgbImage;
 use crate::error::Error;
 use crate::spec::SourceSpec;
 
-pub use images::ImageListReader;
+pub use images::{read_rgb, ImageListReader};
 pub use video::{init_ffmpeg, VideoReader};
 
 /// One decoded frame, or the reason it could not be decoded.
@@ -18,6 +18,8 @@ pub struct Decoded {
     pub index: u64,
     /// File stem for images and frame folders, the zero-padded index for videos.
     pub name: String,
+    /// For image files: the path relative to the source folder, with its extension.
+    pub file: Option<String>,
     pub image: Result<RgbImage, Error>,
 }
 
@@ -35,14 +37,28 @@ pub trait FrameReader: Send {
 
 /// Opens the source a spec names.
 pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameReader>, Error> {
+    open_filtered(spec, None)
+}
+
+/// Opens the source, keeping only frame indices that pass `keep`: image files that fail are never
+/// opened (used for shards and for resuming); a video still decodes every frame, the caller skips them.
+pub fn open_filtered(
+    spec: &SourceSpec,
+    keep: Option<&dyn Fn(u64) -> bool>,
+) -> Result<Box<dyn FrameReader>, Error> {
     if let Some(v) = &spec.video {
         return Ok(Box::new(VideoReader::open(v)?));
     }
-    if let Some(dir) = &spec.frames {
-        return Ok(Box::new(ImageListReader::frames_folder(dir)?));
-    }
-    if let Some(pattern) = &spec.images {
-        return Ok(Box::new(ImageListReader::images(pattern)?));
+    let list = match (&spec.frames, &spec.images) {
+        (Some(dir), _) => Some(ImageListReader::frames_folder(dir)?),
+        (None, Some(pattern)) => Some(ImageListReader::images(pattern)?),
+        _ => None,
+    };
+    if let Some(mut list) = list {
+        if let Some(k) = keep {
+            list.retain(k);
+        }
+        return Ok(Box::new(list));
     }
     Err(Error::Source {
         source_name: "source".into(),

@@ -182,6 +182,7 @@ impl FrameReader for VideoReader {
             return Some(Decoded {
                 index,
                 name,
+                file: None,
                 image: Err(e),
             });
         }
@@ -190,6 +191,7 @@ impl FrameReader for VideoReader {
         Some(Decoded {
             index,
             name,
+            file: None,
             image: Ok(img),
         })
     }

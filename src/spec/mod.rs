@@ -17,6 +17,9 @@ pub struct PipelineSpec {
     /// Prompt file for `propagate` (objects with masks, boxes, points or scribbles on reference frames).
     #[serde(default)]
     pub prompts: Option<PathBuf>,
+    /// Prompt bank for `autolabel` (made by `vprompt bank build`).
+    #[serde(default)]
+    pub bank: Option<PathBuf>,
     #[serde(default)]
     pub job: JobSpec,
     #[serde(default)]
@@ -50,6 +53,37 @@ pub struct SourceSpec {
     /// Frames per second to assume when the source has none (frames folders, images).
     #[serde(default)]
     pub fps: Option<f64>,
+    /// `I/N`: read only the frames whose index modulo N is I (0-based), so that N processes split a
+    /// dataset without overlap. The same split on every machine for the same file list.
+    #[serde(default)]
+    pub shard: Option<String>,
+}
+
+/// Shard `index` of `count`, parsed from `I/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("shard `{s}`: expected I/N with 0 <= I < N (for example 0/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = i.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    pub fn admits(&self, index: u64) -> bool {
+        index % self.count == self.index
+    }
 }
 
 fn one() -> u64 {
@@ -83,6 +117,46 @@ pub struct JobSpec {
     /// 0.1-0.4, so a higher default would leave its memory empty).
     #[serde(default = "default_memory_min_score")]
     pub memory_min_score: f32,
+    /// autolabel: exemplars drawn per class and averaged into the class embedding (DINOv: 16).
+    #[serde(default = "default_exemplars")]
+    pub exemplars_per_class: usize,
+    /// autolabel: seed of that draw, so runs repeat.
+    #[serde(default)]
+    pub seed: u64,
+    /// autolabel: detections scoring below this are dropped.
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// autolabel: how a detection is scored.
+    #[serde(default)]
+    pub generic_score: GenericScore,
+    /// autolabel: most detections kept per image (at most 255).
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+    /// autolabel: the record of finished images, for resuming (default: `manifest.jsonl` beside the
+    /// first sink's output).
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+}
+
+/// The score of an auto-labeling detection.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GenericScore {
+    /// Class probability `sigmoid(logit_scale * cos + logit_bias)`.
+    Class,
+    /// Class probability times the query's predicted IoU (mask quality).
+    #[default]
+    ClassXIou,
+}
+
+fn default_exemplars() -> usize {
+    16
+}
+fn default_score_threshold() -> f32 {
+    0.05
+}
+fn default_max_detections() -> usize {
+    100
 }
 
 fn default_min_iou() -> f32 {
@@ -111,6 +185,12 @@ impl Default for JobSpec {
             min_score: 0.0,
             memory: default_memory(),
             memory_min_score: default_memory_min_score(),
+            exemplars_per_class: default_exemplars(),
+            seed: 0,
+            score_threshold: default_score_threshold(),
+            generic_score: GenericScore::default(),
+            max_detections: default_max_detections(),
+            manifest: None,
         }
     }
 }
@@ -121,6 +201,8 @@ pub enum JobKind {
     /// Video object propagation: objects prompted on reference frames, segmented on every frame.
     #[default]
     Propagate,
+    /// Dataset auto-labeling: every instance of the bank's classes in independent images.
+    Autolabel,
 }
 
 /// One output. Several may be listed; each gets every result.
@@ -141,6 +223,19 @@ pub enum SinkSpec {
     },
     /// Overlay PNGs, one per frame.
     OverlayPng { dir: PathBuf },
+    /// YOLO-seg label files (`labels/<image>.txt`, one polygon per instance) and `data.yaml`.
+    Yolo { dir: PathBuf },
+    /// One PNG grid of a sample of labeled images, for a quick look.
+    ContactSheet {
+        path: PathBuf,
+        /// Images on the sheet.
+        #[serde(default = "default_sheet_count")]
+        count: usize,
+    },
+}
+
+fn default_sheet_count() -> usize {
+    16
 }
 
 /// How to run: queues, workers, batching, device, threads, error policy.
@@ -257,6 +352,12 @@ impl PipelineSpec {
         if let Some(p) = &mut self.prompts {
             abs(p);
         }
+        if let Some(p) = &mut self.bank {
+            abs(p);
+        }
+        if let Some(p) = &mut self.job.manifest {
+            abs(p);
+        }
         if let Some(p) = &mut self.source.frames {
             abs(p);
         }
@@ -272,10 +373,13 @@ impl PipelineSpec {
         }
         for s in &mut self.sinks {
             match s {
-                SinkSpec::PalettePng { dir } | SinkSpec::OverlayPng { dir } => abs(dir),
+                SinkSpec::PalettePng { dir }
+                | SinkSpec::OverlayPng { dir }
+                | SinkSpec::Yolo { dir } => abs(dir),
                 SinkSpec::Coco { path }
                 | SinkSpec::Jsonl { path }
-                | SinkSpec::Video { path, .. } => abs(path),
+                | SinkSpec::Video { path, .. }
+                | SinkSpec::ContactSheet { path, .. } => abs(path),
             }
         }
     }
@@ -305,16 +409,52 @@ impl PipelineSpec {
                 return Err("source.fps: must be a positive number".into());
             }
         }
+        if let Some(sh) = &s.shard {
+            sh.parse::<Shard>().map_err(|e| format!("source.{e}"))?;
+        }
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
                 "prompts: the propagate job needs a prompt file (objects to follow)".into(),
             );
+        }
+        if self.job.kind == JobKind::Autolabel {
+            if self.bank.is_none() {
+                return Err(
+                    "bank: the autolabel job needs a prompt bank (make one with `vprompt bank build`)"
+                        .into(),
+                );
+            }
+            if self.prompts.is_some() {
+                return Err("prompts: the autolabel job takes a `bank`, not `prompts`".into());
+            }
+            if self.job.exemplars_per_class == 0 {
+                return Err("job.exemplars_per_class: must be at least 1".into());
+            }
+            if self.job.max_detections == 0
+                || self.job.max_detections > crate::decode::generic::MAX_DETECTIONS
+            {
+                return Err(format!(
+                    "job.max_detections: must be 1..={}",
+                    crate::decode::generic::MAX_DETECTIONS
+                ));
+            }
+            if self
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkSpec::Video { .. }))
+            {
+                return Err(
+                    "sinks: `video` is for videos; autolabel writes coco, yolo, jsonl, overlay_png, palette_png and contact_sheet"
+                        .into(),
+                );
+            }
         }
         for (name, v) in [
             ("job.min_iou", self.job.min_iou),
             ("job.nms_iou", self.job.nms_iou),
             ("job.min_score", self.job.min_score),
             ("job.memory_min_score", self.job.memory_min_score),
+            ("job.score_threshold", self.job.score_threshold),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name}: {v} is outside 0..1"));
@@ -335,7 +475,7 @@ impl PipelineSpec {
             .map_err(|e| format!("runtime.device: {e}"))?;
         if self.sinks.is_empty() {
             return Err(
-                "sinks: list at least one output (palette_png, coco, jsonl, video, overlay_png)"
+                "sinks: list at least one output (palette_png, coco, jsonl, video, overlay_png, yolo, contact_sheet)"
                     .into(),
             );
         }

@@ -1,0 +1,349 @@
+//! The prompt bank of the auto-labeling job: the embedding of every exemplar, per class, tied to the model
+//! that made it. At run time N exemplars per class are drawn (fixed seed) and averaged into one class
+//! embedding (DINOv's generic prompt bank).
+
+pub mod exemplars;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Model, Preprocessor, Tensor};
+use crate::post::mask::mask_to_input;
+use crate::prompt::memory::normalize;
+use crate::source::read_rgb;
+pub use exemplars::ExemplarSet;
+
+const FORMAT: &str = "vprompt-bank";
+const VERSION: u32 = 1;
+
+/// A bank file (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bank {
+    pub format: String,
+    pub version: u32,
+    /// The model's identity (sha256 over model.yaml and its graphs): a bank only fits that model.
+    pub model: String,
+    pub model_name: String,
+    /// Embedding size.
+    pub dim: usize,
+    /// The exemplar file it was built from.
+    pub exemplars: String,
+    pub classes: Vec<BankClass>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BankClass {
+    pub id: u32,
+    pub name: String,
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Exemplar {
+    /// Image file, as the exemplar file named it.
+    pub image: String,
+    /// Which annotation or object of the exemplar file.
+    pub origin: String,
+    pub embedding: Vec<f32>,
+}
+
+/// One class as the labeler uses it.
+#[derive(Debug, Clone)]
+pub struct ClassEmbedding {
+    pub id: u32,
+    pub name: String,
+    pub embedding: Vec<f32>,
+}
+
+impl Bank {
+    /// Encodes every exemplar: its image through the encoder, its mask through the prompt encoder.
+    pub fn build(model: &Model, set: &ExemplarSet) -> Result<Bank> {
+        let mut pre = Preprocessor::new(&model.spec.input);
+        let s = model.input_size() as usize;
+        let mut classes: Vec<BankClass> = set
+            .classes
+            .iter()
+            .map(|(id, name)| BankClass {
+                id: *id,
+                name: name.clone(),
+                exemplars: Vec::new(),
+            })
+            .collect();
+        let err = |msg: String| Error::Prompt {
+            path: set.file.clone(),
+            msg,
+        };
+        for img in &set.images {
+            let rgb = read_rgb(&img.path)?;
+            let (w, h) = rgb.dimensions();
+            if let Some((ew, eh)) = img.size {
+                if (ew, eh) != (w, h) {
+                    return Err(err(format!(
+                        "image {} is {w}x{h} but the exemplar file says {ew}x{eh}",
+                        img.path.display()
+                    )));
+                }
+            }
+            let mut input = vec![0.0f32; 3 * s * s];
+            let lb = pre.fill(&rgb, &mut input);
+            let feats = model
+                .encode(&Tensor::new(vec![1, 3, s, s], input))?
+                .pop()
+                .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+            // Prompts in chunks, so that a crowded image does not make one huge tensor.
+            for chunk in img.objects.chunks(16) {
+                let mut masks = Vec::with_capacity(chunk.len() * s * s);
+                for o in chunk {
+                    let m = o
+                        .shape
+                        .rasterize(w, h)
+                        .map_err(|e| err(format!("{} on {}: {e}", o.origin, img.path.display())))?;
+                    masks.extend(mask_to_input(&m, &lb));
+                }
+                let t = Tensor::new(vec![chunk.len(), 1, s, s], masks);
+                let embeds = model.encode_prompts(&feats, &t)?;
+                for (o, e) in chunk.iter().zip(embeds) {
+                    let Some(c) = classes.iter_mut().find(|c| c.id == o.category) else {
+                        continue;
+                    };
+                    c.exemplars.push(Exemplar {
+                        image: img.path.display().to_string(),
+                        origin: o.origin.clone(),
+                        embedding: e,
+                    });
+                }
+            }
+        }
+        classes.retain(|c| !c.exemplars.is_empty());
+        let dim = classes
+            .iter()
+            .flat_map(|c| c.exemplars.first())
+            .map(|e| e.embedding.len())
+            .next()
+            .unwrap_or(0);
+        Ok(Bank {
+            format: FORMAT.into(),
+            version: VERSION,
+            model: model.identity.clone(),
+            model_name: model.spec.name.clone(),
+            dim,
+            exemplars: set.file.display().to_string(),
+            classes,
+        })
+    }
+
+    /// Writes the bank atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::sink::create_parent(path)?;
+        crate::sink::write_atomic(path, |tmp| {
+            let text = serde_json::to_vec(self).map_err(|e| Error::Sink {
+                path: path.to_path_buf(),
+                msg: format!("cannot encode the bank: {e}"),
+            })?;
+            std::fs::write(tmp, text).map_err(|e| Error::Sink {
+                path: path.to_path_buf(),
+                msg: format!("cannot write: {e}"),
+            })
+        })
+    }
+
+    /// Reads and checks a bank file.
+    pub fn load(path: &Path) -> Result<Bank> {
+        let err = |msg: String| Error::Prompt {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let bank: Bank = serde_json::from_slice(&bytes).map_err(|e| {
+            err(format!(
+                "not a vprompt bank ({e}); make one with `vprompt bank build`"
+            ))
+        })?;
+        if bank.format != FORMAT || bank.version != VERSION {
+            return Err(err(format!(
+                "format {} version {} is not {FORMAT} version {VERSION}; rebuild it with `vprompt bank build`",
+                bank.format, bank.version
+            )));
+        }
+        if bank.classes.is_empty() {
+            return Err(err("holds no class".into()));
+        }
+        for c in &bank.classes {
+            if c.exemplars.is_empty() {
+                return Err(err(format!("class `{}` has no exemplar", c.name)));
+            }
+            if let Some(e) = c.exemplars.iter().find(|e| {
+                e.embedding.len() != bank.dim || e.embedding.iter().any(|v| !v.is_finite())
+            }) {
+                return Err(err(format!(
+                    "class `{}`: exemplar {} has an embedding that is not {} finite numbers",
+                    c.name, e.origin, bank.dim
+                )));
+            }
+        }
+        Ok(bank)
+    }
+
+    /// Refuses a bank made by another model: embeddings of different models do not compare.
+    pub fn check_model(&self, model: &Model, path: &Path) -> Result<()> {
+        if self.model != model.identity {
+            return Err(Error::Prompt {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "this bank was built by model `{}` ({}), but the run uses `{}` ({}); rebuild the bank \
+                     with `vprompt bank build --model {}`",
+                    self.model_name,
+                    short(&self.model),
+                    model.spec.name,
+                    short(&model.identity),
+                    model.dir.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// One embedding per class: the mean of `n` exemplars drawn without replacement (all of them when a
+    /// class has fewer), L2-normalised. The draw depends only on `seed` and the class id.
+    pub fn class_embeddings(&self, n: usize, seed: u64) -> Vec<ClassEmbedding> {
+        self.classes
+            .iter()
+            .map(|c| {
+                let mut order: Vec<usize> = (0..c.exemplars.len()).collect();
+                let mut rng = SplitMix(seed ^ (c.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                for i in (1..order.len()).rev() {
+                    let j = (rng.next() % (i as u64 + 1)) as usize;
+                    order.swap(i, j);
+                }
+                let mut sum = vec![0.0f32; self.dim];
+                for &k in order.iter().take(n.max(1)) {
+                    for (s, v) in sum.iter_mut().zip(&c.exemplars[k].embedding) {
+                        *s += v;
+                    }
+                }
+                normalize(&mut sum);
+                ClassEmbedding {
+                    id: c.id,
+                    name: c.name.clone(),
+                    embedding: sum,
+                }
+            })
+            .collect()
+    }
+
+    /// A short description: model, classes and exemplar counts.
+    pub fn summary(&self, path: &Path) -> String {
+        let mut s = format!(
+            "bank {}\nmodel: {} ({})\nexemplars from: {}\nembedding size: {}\nclasses: {}, exemplars: {}\n\n| id | class | exemplars |\n|---:|---|---:|\n",
+            path.display(),
+            self.model_name,
+            short(&self.model),
+            self.exemplars,
+            self.dim,
+            self.classes.len(),
+            self.classes.iter().map(|c| c.exemplars.len()).sum::<usize>()
+        );
+        for c in &self.classes {
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                c.id,
+                c.name,
+                c.exemplars.len()
+            ));
+        }
+        s
+    }
+
+    /// sha256 of the bank's content, recorded in an auto-labeling manifest.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        format!("{:x}", Sha256::digest(bytes))
+    }
+}
+
+fn short(identity: &str) -> String {
+    format!("sha256 {}", &identity[..identity.len().min(12)])
+}
+
+/// A small, fixed pseudo-random sequence (SplitMix64), so draws repeat on every machine.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Where `bank build` writes by default: beside the exemplar file.
+pub fn default_path(exemplars: &Path) -> PathBuf {
+    exemplars.with_extension("bank.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bank(n: usize) -> Bank {
+        Bank {
+            format: FORMAT.into(),
+            version: VERSION,
+            model: "abc".into(),
+            model_name: "m".into(),
+            dim: 2,
+            exemplars: "e.json".into(),
+            classes: vec![BankClass {
+                id: 1,
+                name: "a".into(),
+                exemplars: (0..n)
+                    .map(|k| Exemplar {
+                        image: format!("{k}.jpg"),
+                        origin: format!("annotation {k}"),
+                        embedding: vec![k as f32, 1.0],
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn draws_repeat_and_average() {
+        let b = bank(40);
+        let a1 = b.class_embeddings(16, 0);
+        let a2 = b.class_embeddings(16, 0);
+        assert_eq!(a1[0].embedding, a2[0].embedding);
+        let other = b.class_embeddings(16, 1);
+        assert_ne!(a1[0].embedding, other[0].embedding);
+        // Fewer exemplars than n: all of them, whatever the seed.
+        let small = bank(3);
+        let e = small.class_embeddings(16, 5)[0].embedding.clone();
+        let mut want = vec![3.0f32, 3.0];
+        normalize(&mut want);
+        assert_eq!(e, want);
+    }
+
+    #[test]
+    fn load_checks_format_and_embeddings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.json");
+        bank(2).save(&p).unwrap();
+        assert_eq!(Bank::load(&p).unwrap().classes[0].exemplars.len(), 2);
+        let mut bad = bank(2);
+        bad.classes[0].exemplars[1].embedding = vec![1.0];
+        bad.save(&p).unwrap();
+        let e = Bank::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("annotation 1") && e.contains("2 finite numbers"),
+            "{e}"
+        );
+        std::fs::write(&p, "{}").unwrap();
+        let e = Bank::load(&p).unwrap_err().to_string();
+        assert!(e.contains("not a vprompt bank"), "{e}");
+    }
+}

@@ -1,0 +1,234 @@
+//! `vprompt autolabel` (the one-line form of the auto-labeling job) and `vprompt bank build | inspect`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::{default_model, execute, yaml_str};
+use crate::bank::{Bank, ExemplarSet};
+use crate::model::{Model, SessionOptions};
+use crate::spec::{PipelineSpec, Shard};
+
+#[derive(Args)]
+pub struct AutolabelArgs {
+    /// A folder of images (searched in name order) or a glob pattern such as 'data/**/*.jpg'.
+    #[arg(long)]
+    images: String,
+    /// Exemplars: a COCO instances JSON (polygons, RLE or boxes) or an exemplar YAML; a bank is built
+    /// from them into the output folder.
+    #[arg(long, required_unless_present = "bank", conflicts_with = "bank")]
+    exemplars: Option<PathBuf>,
+    /// Folder of the exemplar images of a COCO JSON (default: the JSON's folder).
+    #[arg(long)]
+    exemplar_images: Option<PathBuf>,
+    /// A bank made by `vprompt bank build`, instead of --exemplars.
+    #[arg(long)]
+    bank: Option<PathBuf>,
+    /// Output folder: coco.json, yolo/, results.jsonl, overlays/, contact-sheet.png, manifest.jsonl,
+    /// report.json (in shard-I-of-N/ when sharded).
+    #[arg(long)]
+    out: PathBuf,
+    /// Model folder (default: the shipped models/vprompt-lite0).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// This process's part of the images, `I/N` (0-based).
+    #[arg(long, conflicts_with = "shard_count")]
+    shard: Option<String>,
+    /// Number of shards, the index coming from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, env = "VPROMPT_SHARD_COUNT")]
+    shard_count: Option<u64>,
+    /// Keep detections scoring at least this.
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f32,
+    /// Most detections per image (at most 255).
+    #[arg(long, default_value_t = 100)]
+    max_detections: usize,
+    /// Exemplars drawn per class and averaged.
+    #[arg(long, default_value_t = 16)]
+    exemplars_per_class: usize,
+    /// Seed of that draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parallel model workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Images per encoder/decoder call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Skip the overlay PNGs.
+    #[arg(long)]
+    no_overlays: bool,
+    /// Start over instead of resuming what the output folder's manifest records.
+    #[arg(long)]
+    restart: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BankCommand {
+    /// Encode exemplars (COCO JSON or exemplar YAML) into a bank file.
+    Build {
+        #[arg(long)]
+        exemplars: PathBuf,
+        /// Folder of the exemplar images of a COCO JSON (default: the JSON's folder).
+        #[arg(long)]
+        exemplar_images: Option<PathBuf>,
+        /// Model folder (default: the shipped models/vprompt-lite0).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Bank file to write (default: beside the exemplars, `.bank.json`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Print a bank's model, classes and exemplar counts.
+    Inspect { bank: PathBuf },
+}
+
+fn load_model(dir: &Path, device: &str) -> Result<Model> {
+    let opts = SessionOptions {
+        device: device.parse().map_err(anyhow::Error::msg)?,
+        threads: 0,
+        library: None,
+    };
+    Ok(Model::load(dir, &opts)?)
+}
+
+fn build_bank(
+    exemplars: &Path,
+    images: Option<&Path>,
+    model: &Path,
+    device: &str,
+    out: &Path,
+) -> Result<Bank> {
+    let set = ExemplarSet::load(exemplars, images)?;
+    let model = load_model(model, device)?;
+    let bank = Bank::build(&model, &set)?;
+    bank.save(out)?;
+    Ok(bank)
+}
+
+pub fn bank(cmd: BankCommand) -> Result<i32> {
+    match cmd {
+        BankCommand::Build {
+            exemplars,
+            exemplar_images,
+            model,
+            out,
+            device,
+        } => {
+            let model = match model {
+                Some(m) => m,
+                None => default_model()?,
+            };
+            let out = out.unwrap_or_else(|| crate::bank::default_path(&exemplars));
+            let bank = build_bank(
+                &exemplars,
+                exemplar_images.as_deref(),
+                &model,
+                &device,
+                &out,
+            )?;
+            print!("{}", bank.summary(&out));
+            Ok(0)
+        }
+        BankCommand::Inspect { bank } => {
+            let b = Bank::load(&bank)?;
+            print!("{}", b.summary(&bank));
+            Ok(0)
+        }
+    }
+}
+
+/// The shard of this process: `--shard I/N`, or JOB_COMPLETION_INDEX with `--shard-count N`.
+fn resolve_shard(a: &AutolabelArgs) -> Result<Option<Shard>> {
+    if let Some(s) = &a.shard {
+        return Ok(Some(s.parse().map_err(anyhow::Error::msg)?));
+    }
+    let Some(n) = a.shard_count else {
+        return Ok(None);
+    };
+    let i = std::env::var("JOB_COMPLETION_INDEX").with_context(|| {
+        "--shard-count (or VPROMPT_SHARD_COUNT) needs JOB_COMPLETION_INDEX, as a Kubernetes Indexed Job \
+         sets it; or give --shard I/N"
+    })?;
+    Ok(Some(format!("{}/{n}", i.trim()).parse().map_err(
+        |e: String| anyhow::anyhow!("JOB_COMPLETION_INDEX={i} with {n} shards: {e}"),
+    )?))
+}
+
+pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
+    let shard = resolve_shard(&a)?;
+    let out = match shard {
+        Some(s) => a.out.join(format!("shard-{}-of-{}", s.index, s.count)),
+        None => a.out.clone(),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => default_model()?,
+    };
+    let bank = match (&a.bank, &a.exemplars) {
+        (Some(b), _) => b.clone(),
+        (None, Some(ex)) => {
+            // Deterministic: the same exemplars and model give the same bank, so a resumed run matches.
+            let path = out.join("bank.json");
+            let bank = build_bank(ex, a.exemplar_images.as_deref(), &model, &a.device, &path)?;
+            if !a.quiet {
+                eprint!("{}", bank.summary(&path));
+            }
+            path
+        }
+        (None, None) => anyhow::bail!("give --exemplars or --bank"),
+    };
+    let images = if a.images.contains(['*', '?', '[']) {
+        a.images.clone()
+    } else {
+        abs(Path::new(&a.images)).to_string_lossy().into_owned()
+    };
+    let f = |p: &str| yaml_str(&abs(&out.join(p)).to_string_lossy());
+    let mut sinks = vec![
+        format!("  - {{ kind: coco, path: {} }}", f("coco.json")),
+        format!("  - {{ kind: yolo, dir: {} }}", f("yolo")),
+        format!("  - {{ kind: jsonl, path: {} }}", f("results.jsonl")),
+        format!(
+            "  - {{ kind: contact_sheet, path: {} }}",
+            f("contact-sheet.png")
+        ),
+    ];
+    if !a.no_overlays {
+        sinks.push(format!(
+            "  - {{ kind: overlay_png, dir: {} }}",
+            f("overlays")
+        ));
+    }
+    let shard_line = shard
+        .map(|s| format!(", shard: \"{}/{}\"", s.index, s.count))
+        .unwrap_or_default();
+    let text = format!(
+        "source: {{ images: {}{shard_line} }}\nmodel: {}\nbank: {}\njob:\n  kind: autolabel\n  score_threshold: {}\n  max_detections: {}\n  exemplars_per_class: {}\n  seed: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {}, batch_size: {} }}\n",
+        yaml_str(&images),
+        yaml_str(&abs(&model).to_string_lossy()),
+        yaml_str(&abs(&bank).to_string_lossy()),
+        a.threshold,
+        a.max_detections,
+        a.exemplars_per_class,
+        a.seed,
+        sinks.join("\n"),
+        yaml_str(&a.device),
+        a.workers,
+        a.batch,
+    );
+    let spec_path = out.join("pipeline.yaml");
+    std::fs::write(&spec_path, &text)
+        .with_context(|| format!("cannot write {}", spec_path.display()))?;
+    let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
+    execute(spec, None, a.quiet, a.restart)
+}
