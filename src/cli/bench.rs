@@ -25,6 +25,77 @@ pub struct BenchArgs {
     pub device: String,
     pub python: bool,
     pub write: Option<PathBuf>,
+    /// Autolabel rows too: a folder of images and the exemplars to build the bank from.
+    pub images: Option<PathBuf>,
+    pub exemplars: Option<PathBuf>,
+    pub exemplar_images: Option<PathBuf>,
+    pub image_count: usize,
+}
+
+/// One job's three measures.
+struct JobBench {
+    job: &'static str,
+    items: usize,
+    fps_a: f64,
+    fps_b: f64,
+    rss_b: Option<f64>,
+    python: Option<(f64, Option<f64>)>,
+    report: RunReport,
+}
+
+/// (a) for any job: encoder + decoder back to back on preloaded, letterboxed inputs.
+fn model_bound(
+    model: &Model,
+    inputs: &[Vec<f32>],
+    batch: usize,
+    points: &[[f32; 2]],
+) -> Result<f64> {
+    let s = model.input_size() as usize;
+    let run_model = |chunk: &[Vec<f32>]| -> Result<()> {
+        let mut data = Vec::with_capacity(chunk.len() * 3 * s * s);
+        for t in chunk {
+            data.extend_from_slice(t);
+        }
+        let feats = model.encode(&Tensor::new(vec![chunk.len(), 3, s, s], data))?;
+        let refs: Vec<_> = feats.iter().collect();
+        model.decode(&refs, points)?;
+        Ok(())
+    };
+    run_model(&inputs[..1])?; // warm-up
+    let t = Instant::now();
+    for chunk in inputs.chunks(batch.max(1)) {
+        run_model(chunk)?;
+    }
+    Ok(inputs.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs a Python baseline script; returns its frames/s and peak RSS.
+fn python_baseline(script: &str, args: &[String]) -> Result<(f64, Option<f64>)> {
+    let script = Path::new(script);
+    anyhow::ensure!(
+        script.is_file(),
+        "{} not found (run from the repository root)",
+        script.display()
+    );
+    let o = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .context("cannot run python3")?;
+    anyhow::ensure!(
+        o.status.success(),
+        "the Python baseline failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("{}");
+    let v: serde_json::Value =
+        serde_json::from_str(last).context("the Python baseline printed no JSON line")?;
+    Ok((v["fps"].as_f64().unwrap_or(0.0), v["peak_rss_mib"].as_f64()))
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
@@ -70,22 +141,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     anyhow::ensure!(!inputs.is_empty(), "the video gave no frame");
     let grid = PointGrid::new(model.spec.queries.grid);
-    let run_model = |chunk: &[Vec<f32>]| -> Result<()> {
-        let mut data = Vec::with_capacity(chunk.len() * 3 * s * s);
-        for t in chunk {
-            data.extend_from_slice(t);
-        }
-        let feats = model.encode(&Tensor::new(vec![chunk.len(), 3, s, s], data))?;
-        let refs: Vec<_> = feats.iter().collect();
-        model.decode(&refs, &grid.points)?;
-        Ok(())
-    };
-    run_model(&inputs[..1])?; // warm-up
-    let t = Instant::now();
-    for chunk in inputs.chunks(a.batch.max(1)) {
-        run_model(chunk)?;
-    }
-    let fps_a = inputs.len() as f64 / t.elapsed().as_secs_f64();
+    let fps_a = model_bound(&model, &inputs, a.batch, &grid.points)?;
     drop(model);
 
     // (b) vprompt end to end: decode -> model -> track -> palette PNGs.
@@ -124,89 +180,104 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 
     // (c) the Python way.
     let python = if a.python {
-        let script = Path::new("benches/python_propagate.py");
-        anyhow::ensure!(
-            script.is_file(),
-            "benches/python_propagate.py not found (run from the repository root)"
-        );
-        let o = Command::new("python3")
-            .arg(script)
-            .args(["--model", &a.model.to_string_lossy(), "--video", &a.video])
-            .args(["--mask", &a.mask.to_string_lossy()])
-            .args(["--out", &out.join("python").to_string_lossy()])
-            .args([
-                "--frames",
-                &a.frames.to_string(),
-                "--threads",
-                &threads.to_string(),
-            ])
-            .output()
-            .context("cannot run python3")?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        anyhow::ensure!(
-            o.status.success(),
-            "the Python baseline failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or("{}");
-        let v: serde_json::Value =
-            serde_json::from_str(last).context("the Python baseline printed no JSON line")?;
-        Some((v["fps"].as_f64().unwrap_or(0.0), v["peak_rss_mib"].as_f64()))
+        Some(python_baseline(
+            "benches/python_propagate.py",
+            &[
+                "--model".into(),
+                a.model.to_string_lossy().into_owned(),
+                "--video".into(),
+                a.video.clone(),
+                "--mask".into(),
+                a.mask.to_string_lossy().into_owned(),
+                "--out".into(),
+                out.join("python").to_string_lossy().into_owned(),
+                "--frames".into(),
+                a.frames.to_string(),
+                "--threads".into(),
+                threads.to_string(),
+            ],
+        )?)
     } else {
         None
     };
-    let _ = std::fs::remove_dir_all(&out);
+    let mut jobs = vec![JobBench {
+        job: "propagate",
+        items: inputs.len(),
+        fps_a,
+        fps_b,
+        rss_b: report.peak_rss_mib,
+        python,
+        report,
+    }];
+    if let Some(images) = &a.images {
+        jobs.push(bench_autolabel(a, images, &out, threads)?);
+    }
 
     let machine = machine_description(cores);
     let mut t = String::new();
     t.push_str(&format!(
-        "Machine: {machine}. Model `{}` at {s}x{s}; video `{}`, {} frames; device {}; \
-         workers {}, batch {}, ONNX Runtime threads {threads}.\n\n",
+        "Machine: {machine}. Model `{}` at {s}x{s}; device {}; workers {}, batch {}, ONNX Runtime \
+         threads {threads}. Propagate: video `{}`, {} frames, palette PNGs. Autolabel: {}.\n\n",
         a.model.display(),
-        a.video,
-        inputs.len(),
         a.device,
         a.workers,
-        a.batch
+        a.batch,
+        a.video,
+        inputs.len(),
+        match &a.images {
+            Some(d) => format!(
+                "the first {} images of `{}`, COCO JSON + JSONL (+ manifest)",
+                jobs.last().map(|j| j.items).unwrap_or(0),
+                d.display()
+            ),
+            None => "not run (give --images and --exemplars)".into(),
+        }
     ));
-    t.push_str("| measure | frames/s | peak RSS MiB |\n|---|---:|---:|\n");
-    t.push_str(&format!(
-        "| (a) model bound: encoder + decoder, preloaded inputs | {fps_a:.2} | |\n"
-    ));
-    t.push_str(&format!(
-        "| (b) vprompt end to end (decode -> palette PNGs) | {fps_b:.2} | {} |\n",
-        report
-            .peak_rss_mib
-            .map(|m| format!("{m:.0}"))
-            .unwrap_or_default()
-    ));
-    if let Some((fps_c, rss)) = python {
+    t.push_str("| job | measure | items/s | peak RSS MiB |\n|---|---|---:|---:|\n");
+    let mib = |m: Option<f64>| m.map(|m| format!("{m:.0}")).unwrap_or_default();
+    for j in &jobs {
         t.push_str(&format!(
-            "| (c) plain Python (PyAV + onnxruntime, sequential) | {fps_c:.2} | {} |\n",
-            rss.map(|m| format!("{m:.0}")).unwrap_or_default()
+            "| {} | (a) model bound: encoder + decoder, preloaded inputs | {:.2} | |\n",
+            j.job, j.fps_a
         ));
         t.push_str(&format!(
-            "\nb/a = {:.2}, b/c = {:.2}\n",
-            fps_b / fps_a,
-            fps_b / fps_c.max(1e-9)
+            "| {} | (b) vprompt end to end | {:.2} | {} |\n",
+            j.job,
+            j.fps_b,
+            mib(j.rss_b)
         ));
-    } else {
-        t.push_str(&format!("\nb/a = {:.2}\n", fps_b / fps_a));
+        if let Some((fps_c, rss)) = j.python {
+            t.push_str(&format!(
+                "| {} | (c) plain Python, sequential | {fps_c:.2} | {} |\n",
+                j.job,
+                mib(rss)
+            ));
+        }
     }
-    t.push_str("\nvprompt stages (busy share of wall time):\n\n| stage | items | busy s | busy % |\n|---|---:|---:|---:|\n");
-    for st in &report.stages {
-        t.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0}% |\n",
-            st.stage,
-            st.items,
-            st.busy_s,
-            st.busy_share * 100.0
-        ));
+    t.push('\n');
+    for j in &jobs {
+        t.push_str(&format!("{}: b/a = {:.2}", j.job, j.fps_b / j.fps_a));
+        if let Some((fps_c, _)) = j.python {
+            t.push_str(&format!(", b/c = {:.2}", j.fps_b / fps_c.max(1e-9)));
+        }
+        t.push('\n');
     }
+    for j in &jobs {
+        t.push_str(&format!(
+            "\n{} stages (busy share of wall time):\n\n| stage | items | busy s | busy % |\n|---|---:|---:|---:|\n",
+            j.job
+        ));
+        for st in &j.report.stages {
+            t.push_str(&format!(
+                "| {} | {} | {:.2} | {:.0}% |\n",
+                st.stage,
+                st.items,
+                st.busy_s,
+                st.busy_share * 100.0
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
     print!("{t}");
     if let Some(path) = &a.write {
         let cmd = std::env::args().collect::<Vec<_>>().join(" ");
@@ -216,6 +287,102 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The autolabel job's three measures on the first `image_count` images of a folder.
+fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> Result<JobBench> {
+    let exemplars = a
+        .exemplars
+        .as_ref()
+        .context("--images needs --exemplars (a COCO JSON or exemplar YAML)")?;
+    let device = a.device.parse().map_err(anyhow::Error::msg)?;
+    let model = Model::load(
+        &a.model,
+        &SessionOptions {
+            device,
+            threads,
+            library: None,
+        },
+    )?;
+    // The bank (not timed).
+    let set = crate::bank::ExemplarSet::load(exemplars, a.exemplar_images.as_deref())?;
+    let bank_path = out.join("bank.json");
+    crate::bank::Bank::build(&model, &set)?.save(&bank_path)?;
+
+    // (a) on preloaded, letterboxed images; one point, as the job decodes.
+    let dir = std::path::absolute(images)?;
+    let mut reader = crate::source::ImageListReader::images(&dir.to_string_lossy())?;
+    let mut pre = Preprocessor::new(&model.spec.input);
+    let s = model.input_size() as usize;
+    let mut inputs = Vec::new();
+    while inputs.len() < a.image_count {
+        let Some(d) = crate::source::FrameReader::next_frame(&mut reader) else {
+            break;
+        };
+        let mut t = vec![0.0f32; 3 * s * s];
+        pre.fill(&d.image?, &mut t);
+        inputs.push(t);
+    }
+    anyhow::ensure!(!inputs.is_empty(), "{} holds no image", dir.display());
+    let n = inputs.len();
+    let fps_a = model_bound(&model, &inputs, a.batch, &[[0.5, 0.5]])?;
+    drop((model, inputs));
+
+    // (b) vprompt end to end.
+    let yaml = format!(
+        "source: {{ images: {:?}, end: {n} }}\nmodel: {:?}\nbank: bank.json\njob: {{ kind: autolabel }}\nsinks:\n  - {{ kind: coco, path: auto/coco.json }}\n  - {{ kind: jsonl, path: auto/results.jsonl }}\nruntime: {{ workers: {}, batch_size: {}, threads: {}, device: {:?}, queue_capacity: 8 }}\n",
+        dir,
+        std::path::absolute(&a.model)?,
+        a.workers,
+        a.batch,
+        (threads / a.workers).max(1),
+        a.device
+    );
+    let spec = PipelineSpec::parse(&yaml, &out.join("autolabel.yaml"), &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report: RunReport = rt.block_on(run(
+        spec,
+        RunOptions {
+            stop: Arc::new(AtomicBool::new(false)),
+            restart: true,
+            ..Default::default()
+        },
+    ))?;
+
+    // (c) the Python way.
+    let python = if a.python {
+        Some(python_baseline(
+            "benches/python_autolabel.py",
+            &[
+                "--model".into(),
+                a.model.to_string_lossy().into_owned(),
+                "--bank".into(),
+                bank_path.to_string_lossy().into_owned(),
+                "--images".into(),
+                dir.to_string_lossy().into_owned(),
+                "--out".into(),
+                out.join("python-auto").to_string_lossy().into_owned(),
+                "--limit".into(),
+                n.to_string(),
+                "--threads".into(),
+                threads.to_string(),
+            ],
+        )?)
+    } else {
+        None
+    };
+    Ok(JobBench {
+        job: "autolabel",
+        items: n,
+        fps_a,
+        fps_b: report.fps,
+        rss_b: report.peak_rss_mib,
+        python,
+        report,
+    })
 }
 
 fn machine_description(cores: usize) -> String {

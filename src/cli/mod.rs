@@ -126,6 +126,18 @@ enum Command {
         /// Append the table to this markdown file (e.g. BENCHMARKS.md).
         #[arg(long)]
         write: Option<PathBuf>,
+        /// Also benchmark the autolabel job on this folder of images (needs --exemplars).
+        #[arg(long, requires = "exemplars")]
+        images: Option<PathBuf>,
+        /// Exemplars for the autolabel bank (COCO JSON or exemplar YAML).
+        #[arg(long)]
+        exemplars: Option<PathBuf>,
+        /// Folder of the exemplar images of a COCO JSON.
+        #[arg(long)]
+        exemplar_images: Option<PathBuf>,
+        /// Images of --images used.
+        #[arg(long, default_value_t = 64)]
+        image_count: usize,
     },
 }
 
@@ -331,6 +343,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
             device,
             python,
             write,
+            images,
+            exemplars,
+            exemplar_images,
+            image_count,
         } => {
             bench::bench(&bench::BenchArgs {
                 model,
@@ -343,6 +359,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 device,
                 python,
                 write,
+                images,
+                exemplars,
+                exemplar_images,
+                image_count: image_count.max(1),
             })?;
             Ok(0)
         }

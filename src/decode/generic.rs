@@ -9,7 +9,7 @@ use super::track::{FrameObjects, ObjectResult};
 use crate::bank::ClassEmbedding;
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Queries};
-use crate::post::mask::{frame_logits, input_logits, threshold};
+use crate::post::mask::frame_mask;
 use crate::post::nms::nms;
 use crate::spec::{GenericScore, JobSpec};
 
@@ -44,7 +44,6 @@ impl Labeler {
         let mask_feat = feats
             .get(crate::model::contract::names::MASK_FEAT)
             .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
-        let size = self.model.input_size();
         let cls = &self.model.spec.classifier;
         let generic = self.model.spec.queries.generic.min(q.count);
 
@@ -104,23 +103,24 @@ impl Labeler {
             if objects.len() >= cap {
                 break;
             }
-            let il = input_logits(mask_feat, q.mask_row(p.query), size);
-            let mask = threshold(&frame_logits(&il, lb), w, h);
-            let area = mask.area();
-            if area <= self.job.min_area {
+            let (mask, bbox, area) = frame_mask(mask_feat, q.mask_row(p.query), lb);
+            let Some([x0, y0, x1, y1]) = bbox.filter(|_| area > self.job.min_area) else {
                 continue;
-            }
+            };
             let id = objects.len() as u8 + 1;
             // One instance per pixel in label images: the better-scored one keeps it.
-            for (l, &m) in labels.iter_mut().zip(&mask.data) {
-                if m != 0 && *l == 0 {
-                    *l = id;
+            for y in y0 as usize..y1 as usize {
+                let row = y * w as usize;
+                for i in row + x0 as usize..row + x1 as usize {
+                    if mask.data[i] != 0 && labels[i] == 0 {
+                        labels[i] = id;
+                    }
                 }
             }
             objects.push(ObjectResult {
                 id,
                 category: self.classes[p.class].id,
-                box_xyxy: mask.bbox_xyxy(),
+                box_xyxy: bbox,
                 score: p.score,
                 pred_iou: q.iou[p.query],
                 area,

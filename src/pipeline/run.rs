@@ -516,6 +516,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                         file: f.file.as_deref(),
                         image,
                         result: &result,
+                        record: Default::default(),
                     };
                     for s in sinks.iter_mut() {
                         s.write(&rec)?;

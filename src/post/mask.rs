@@ -122,6 +122,109 @@ pub fn frame_logits(input_logits: &[f32], lb: &Letterbox) -> Vec<f32> {
     )
 }
 
+/// One query's binary mask at frame resolution, equal pixel for pixel to thresholding
+/// `frame_logits(input_logits(..))` at 0, but computed only where it can be positive: a bilinear value is a
+/// convex combination of its taps, so a frame pixel is inside only if some grid logit under it is
+/// positive. Returns the mask, its tight `xyxy` box (`None` when empty) and its area.
+pub fn frame_mask(
+    mask_feat: &Tensor,
+    mask_embed: &[f32],
+    lb: &Letterbox,
+) -> (BinaryMask, Option<[u32; 4]>, u64) {
+    let (fw, fh) = (lb.frame_w as usize, lb.frame_h as usize);
+    let mut mask = BinaryMask::empty(lb.frame_w, lb.frame_h);
+    let (g, gw, gh) = grid_logits(mask_feat, mask_embed);
+    // Grid cells with a positive logit.
+    let (mut gx0, mut gy0, mut gx1, mut gy1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..gh {
+        for x in 0..gw {
+            if g[y * gw + x] > 0.0 {
+                gx0 = gx0.min(x);
+                gx1 = gx1.max(x);
+                gy0 = gy0.min(y);
+                gy1 = gy1.max(y);
+            }
+        }
+    }
+    if gx0 == usize::MAX {
+        return (mask, None, 0);
+    }
+    let s = lb.size as usize;
+    let taps = |d: usize, f: f32, n: usize| -> (usize, usize, f32) {
+        let p = ((d as f32 + 0.5) * f - 0.5).max(0.0);
+        let i0 = (p.floor() as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        (i0, i1, p - i0 as f32)
+    };
+    // Destination pixels (of `n`, sampling a source of `len`) with a tap inside [lo, hi].
+    let reach = |n: usize, len: usize, lo: usize, hi: usize| -> Option<(usize, usize)> {
+        let f = len as f32 / n as f32;
+        let hits: Vec<usize> = (0..n)
+            .filter(|&d| {
+                let (i0, i1, _) = taps(d, f, len);
+                (lo..=hi).contains(&i0) || (lo..=hi).contains(&i1)
+            })
+            .collect();
+        Some((*hits.first()?, *hits.last()?))
+    };
+    let (sw, sh) = (lb.scaled_w as usize, lb.scaled_h as usize);
+    // Model-input pixels (inside the letterboxed frame) that can be positive, then frame pixels.
+    let Some((ix0, ix1)) = reach(s, gw, gx0, gx1).map(|(a, b)| (a.min(sw - 1), b.min(sw - 1)))
+    else {
+        return (mask, None, 0);
+    };
+    let Some((iy0, iy1)) = reach(s, gh, gy0, gy1).map(|(a, b)| (a.min(sh - 1), b.min(sh - 1)))
+    else {
+        return (mask, None, 0);
+    };
+    let (Some((x0, x1)), Some((y0, y1))) = (reach(fw, sw, ix0, ix1), reach(fh, sh, iy0, iy1))
+    else {
+        return (mask, None, 0);
+    };
+    // Input-resolution logits over the rows and columns the frame window reads.
+    let fxs = sw as f32 / fw as f32;
+    let fys = sh as f32 / fh as f32;
+    let cols: Vec<(usize, usize, f32)> = (x0..=x1).map(|x| taps(x, fxs, sw)).collect();
+    let (cx0, cx1) = (cols[0].0, cols[cols.len() - 1].1);
+    let (ry0, ry1) = (taps(y0, fys, sh).0, taps(y1, fys, sh).1);
+    let (gfx, gfy) = (gw as f32 / s as f32, gh as f32 / s as f32);
+    let iw = cx1 - cx0 + 1;
+    let gcols: Vec<(usize, usize, f32)> = (cx0..=cx1).map(|x| taps(x, gfx, gw)).collect();
+    let mut input = vec![0.0f32; iw * (ry1 - ry0 + 1)];
+    for (r, y) in (ry0..=ry1).enumerate() {
+        let (a0, a1, ty) = taps(y, gfy, gh);
+        let (g0, g1) = (&g[a0 * gw..], &g[a1 * gw..]);
+        for (c, &(b0, b1, tx)) in gcols.iter().enumerate() {
+            let top = g0[b0] + (g0[b1] - g0[b0]) * tx;
+            let bot = g1[b0] + (g1[b1] - g1[b0]) * tx;
+            input[r * iw + c] = top + (bot - top) * ty;
+        }
+    }
+    let (mut bx0, mut by0, mut bx1, mut by1) = (u32::MAX, u32::MAX, 0u32, 0u32);
+    let mut area = 0u64;
+    for y in y0..=y1 {
+        let (a0, a1, ty) = taps(y, fys, sh);
+        let (r0, r1) = (&input[(a0 - ry0) * iw..], &input[(a1 - ry0) * iw..]);
+        let row = &mut mask.data[y * fw..(y + 1) * fw];
+        for (k, &(b0, b1, tx)) in cols.iter().enumerate() {
+            let (b0, b1) = (b0 - cx0, b1 - cx0);
+            let top = r0[b0] + (r0[b1] - r0[b0]) * tx;
+            let bot = r1[b0] + (r1[b1] - r1[b0]) * tx;
+            if top + (bot - top) * ty > 0.0 {
+                let x = x0 + k;
+                row[x] = 1;
+                area += 1;
+                bx0 = bx0.min(x as u32);
+                bx1 = bx1.max(x as u32 + 1);
+                by0 = by0.min(y as u32);
+                by1 = by1.max(y as u32 + 1);
+            }
+        }
+    }
+    let bbox = (area > 0).then_some([bx0, by0, bx1, by1]);
+    (mask, bbox, area)
+}
+
 /// Pixels whose logit is > 0.
 pub fn threshold(logits: &[f32], width: u32, height: u32) -> BinaryMask {
     BinaryMask {
@@ -166,6 +269,37 @@ mod tests {
         let (l, w, h) = grid_logits(&feat, &[1.0, -0.5]);
         assert_eq!((w, h), (2, 1));
         assert_eq!(l, vec![-4.0, -8.0]);
+    }
+
+    #[test]
+    fn windowed_mask_equals_the_full_computation() {
+        // A 3-channel 20x20 grid; queries whose masks are blobs of different sizes, or empty.
+        let (gw, gh, m) = (20usize, 20usize, 3usize);
+        let mut data = vec![0.0f32; m * gw * gh];
+        for y in 0..gh {
+            for x in 0..gw {
+                let (fx, fy) = (x as f32 / gw as f32, y as f32 / gh as f32);
+                data[y * gw + x] = 1.0;
+                data[gw * gh + y * gw + x] = -((fx - 0.3).powi(2) + (fy - 0.6).powi(2));
+                data[2 * gw * gh + y * gw + x] = ((fx * 9.0).sin() * (fy * 7.0).cos()).abs();
+            }
+        }
+        let feat = Tensor::new(vec![1, m, gh, gw], data);
+        for (fw, fh) in [(97u32, 61u32), (40, 90), (80, 80)] {
+            let lb = Letterbox::new(fw, fh, 80);
+            for embed in [
+                [0.02f32, 1.0, 0.0],
+                [0.2, 1.0, 0.0],
+                [-0.5, 0.0, 0.6],
+                [-1.0, 0.0, 0.0],
+            ] {
+                let full = threshold(&frame_logits(&input_logits(&feat, &embed, 80), &lb), fw, fh);
+                let (fast, bbox, area) = frame_mask(&feat, &embed, &lb);
+                assert_eq!(fast, full, "{fw}x{fh} {embed:?}");
+                assert_eq!(bbox, full.bbox_xyxy());
+                assert_eq!(area, full.area());
+            }
+        }
     }
 
     #[test]

@@ -129,14 +129,17 @@ pub fn polygons_mask(polygons: &[Vec<f64>], width: u32, height: u32) -> BinaryMa
 /// The outline of a mask's largest region as a polygon in pixel coordinates, simplified to within
 /// `tolerance` pixels (Douglas-Peucker); `None` for an empty mask or a region under 3 points.
 pub fn outline(mask: &BinaryMask, tolerance: f64) -> Option<Vec<[f64; 2]>> {
-    let img = image::GrayImage::from_raw(
-        mask.width,
-        mask.height,
-        mask.data
-            .iter()
-            .map(|&v| if v != 0 { 255 } else { 0 })
-            .collect(),
-    )?;
+    let [x0, y0, x1, y1] = mask.bbox_xyxy()?;
+    // The box with a one-pixel margin, so that contours close inside the crop.
+    let (ox, oy) = (x0 as i64 - 1, y0 as i64 - 1);
+    let mut img = image::GrayImage::new(x1 - x0 + 2, y1 - y0 + 2);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if mask.data[(y * mask.width + x) as usize] != 0 {
+                img.put_pixel(x - x0 + 1, y - y0 + 1, image::Luma([255]));
+            }
+        }
+    }
     let contours = imageproc::contours::find_contours::<i32>(&img);
     let best = contours
         .iter()
@@ -150,7 +153,12 @@ pub fn outline(mask: &BinaryMask, tolerance: f64) -> Option<Vec<[f64; 2]>> {
     // Pixel centres: a one-pixel region's outline would otherwise collapse to a point.
     (pts.len() >= 3).then(|| {
         pts.iter()
-            .map(|p| [p.x as f64 + 0.5, p.y as f64 + 0.5])
+            .map(|p| {
+                [
+                    (p.x as i64 + ox) as f64 + 0.5,
+                    (p.y as i64 + oy) as f64 + 0.5,
+                ]
+            })
             .collect()
     })
 }

@@ -34,6 +34,49 @@ pub fn runs(mask: &BinaryMask) -> Vec<u32> {
     out
 }
 
+/// As [`runs`], scanning only the pixels of `bbox` (`xyxy`; every pixel outside it is background).
+pub fn runs_in(mask: &BinaryMask, bbox: [u32; 4]) -> Vec<u32> {
+    struct Runs {
+        out: Vec<u32>,
+        current: u8,
+        run: u32,
+    }
+    impl Runs {
+        fn add(&mut self, v: u8, n: u32) {
+            if n == 0 {
+                return;
+            }
+            if v != self.current {
+                self.out.push(self.run);
+                self.run = 0;
+                self.current = v;
+            }
+            self.run += n;
+        }
+    }
+    let (w, h) = (mask.width as usize, mask.height as usize);
+    let x1 = (bbox[2] as usize).min(w);
+    let y1 = (bbox[3] as usize).min(h);
+    let x0 = (bbox[0] as usize).min(x1);
+    let y0 = (bbox[1] as usize).min(y1);
+    let mut r = Runs {
+        out: Vec::new(),
+        current: 0,
+        run: 0,
+    };
+    r.add(0, (x0 * h) as u32);
+    for x in x0..x1 {
+        r.add(0, y0 as u32);
+        for y in y0..y1 {
+            r.add((mask.data[y * w + x] != 0) as u8, 1);
+        }
+        r.add(0, (h - y1) as u32);
+    }
+    r.add(0, ((w - x1) * h) as u32);
+    r.out.push(r.run);
+    r.out
+}
+
 /// pycocotools' string form of run lengths: each run, from the third on, as the difference to the run two
 /// before it, written in 5-bit groups (0x20 = more follows, 0x10 = sign) offset by ASCII '0'.
 pub fn runs_to_string(runs: &[u32]) -> String {
@@ -98,6 +141,14 @@ impl MaskRle {
         }
     }
 
+    /// As [`MaskRle::encode`] for a mask known to lie inside `bbox` (`xyxy`): scans only the box.
+    pub fn encode_in(mask: &BinaryMask, bbox: [u32; 4]) -> Self {
+        MaskRle {
+            size: [mask.height, mask.width],
+            counts: runs_to_string(&runs_in(mask, bbox)),
+        }
+    }
+
     /// Decodes back into a mask; `None` when the runs do not cover exactly `height x width` pixels.
     pub fn decode(&self) -> Option<BinaryMask> {
         let [h, w] = self.size;
@@ -124,6 +175,21 @@ impl MaskRle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_in_a_box_equal_full_runs() {
+        let mut m = BinaryMask::empty(7, 5);
+        for &(x, y) in &[(1, 0), (1, 1), (2, 4), (3, 4), (4, 2), (5, 0)] {
+            m.data[y * 7 + x] = 1;
+        }
+        let b = m.bbox_xyxy().unwrap();
+        assert_eq!(runs_in(&m, b), runs(&m));
+        assert_eq!(runs_in(&m, [0, 0, 7, 5]), runs(&m));
+        let mut full = BinaryMask::empty(3, 2);
+        full.data.iter_mut().for_each(|v| *v = 1);
+        assert_eq!(runs_in(&full, [0, 0, 3, 2]), vec![0, 6]);
+        assert_eq!(runs_in(&BinaryMask::empty(3, 2), [1, 1, 1, 1]), vec![6]);
+    }
 
     fn mask(w: u32, h: u32, on: &[(u32, u32)]) -> BinaryMask {
         let mut m = BinaryMask::empty(w, h);

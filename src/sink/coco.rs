@@ -32,7 +32,7 @@ impl CocoSink {
 
 impl Sink for CocoSink {
     fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
-        self.records.insert(f.index, ImageRecord::of(f));
+        self.records.insert(f.index, f.record().clone());
         Ok(())
     }
 
@@ -123,10 +123,12 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<usize, Error> {
             .collect();
         match &categories {
             None => categories = Some((cats, path.clone())),
-            Some((first, p)) if *first != cats => return Err(err(format!(
+            Some((first, p)) if *first != cats => {
+                return Err(err(format!(
                 "its categories differ from those of {}; only shards of one run (same bank) merge",
                 p.display()
-            ))),
+            )))
+            }
             _ => {}
         }
         let mut here: BTreeMap<u64, ImageRecord> = BTreeMap::new();

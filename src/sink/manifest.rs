@@ -149,7 +149,7 @@ impl ManifestSink {
 
 impl Sink for ManifestSink {
     fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
-        let line = serde_json::to_string(&ImageRecord::of(f)).map_err(|e| Error::Sink {
+        let line = serde_json::to_string(f.record()).map_err(|e| Error::Sink {
             path: self.path.clone(),
             msg: format!("cannot encode: {e}"),
         })?;
@@ -226,7 +226,7 @@ mod tests {
             vec![0, 3, 7]
         );
         // Other settings are refused; --restart starts over.
-        let e = open(&p, &header("b"), false).unwrap_err().to_string();
+        let e = open(&p, &header("b"), false).err().unwrap().to_string();
         assert!(
             e.contains("other settings") && e.contains("job, source or sinks"),
             "{e}"

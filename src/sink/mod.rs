@@ -31,6 +31,14 @@ pub struct FrameRecord<'a> {
     pub file: Option<&'a str>,
     pub image: &'a RgbImage,
     pub result: &'a FrameObjects,
+    /// The frame's COCO record, made once for the sinks that need it (RLE encoding is not free).
+    pub record: std::cell::OnceCell<record::ImageRecord>,
+}
+
+impl FrameRecord<'_> {
+    pub fn record(&self) -> &record::ImageRecord {
+        self.record.get_or_init(|| record::ImageRecord::of(self))
+    }
 }
 
 pub trait Sink: Send {

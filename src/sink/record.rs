@@ -40,7 +40,7 @@ impl ImageRecord {
                 let b = o.box_xyxy?;
                 Some(AnnotationRecord {
                     category_id: o.category,
-                    segmentation: MaskRle::encode(&o.mask),
+                    segmentation: MaskRle::encode_in(&o.mask, b),
                     area: o.area,
                     bbox: [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                     score: round4(o.score),
