@@ -110,10 +110,10 @@ impl Labeler {
             let id = objects.len() as u8 + 1;
             // One instance per pixel in label images: the better-scored one keeps it.
             for y in y0 as usize..y1 as usize {
-                let row = y * w as usize;
-                for i in row + x0 as usize..row + x1 as usize {
-                    if mask.data[i] != 0 && labels[i] == 0 {
-                        labels[i] = id;
+                let span = y * w as usize + x0 as usize..y * w as usize + x1 as usize;
+                for (l, &m) in labels[span.clone()].iter_mut().zip(&mask.data[span]) {
+                    if m != 0 && *l == 0 {
+                        *l = id;
                     }
                 }
             }

@@ -77,6 +77,9 @@ struct Finished {
     stage: &'static str,
 }
 
+/// A decoded frame in a model worker's batch: read time, sequence number, source index, name, file, image.
+type Waiting = (Instant, u64, u64, String, Option<String>, Arc<RgbImage>);
+
 /// What the per-frame stage computes.
 enum Job {
     Track(Box<Tracker>),
@@ -723,7 +726,7 @@ pub fn in_flight_bound(cap: usize, workers: usize, batch: usize) -> u64 {
 fn encode_batch(
     model: &Model,
     pre: &mut Preprocessor,
-    items: &[(Instant, u64, u64, String, Option<String>, Arc<RgbImage>)],
+    items: &[Waiting],
     points: &[[f32; 2]],
 ) -> Result<Vec<(Letterbox, Features, Queries)>> {
     let s = pre.size() as usize;
