@@ -271,6 +271,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
 
     let cap = spec.runtime.queue_capacity;
     let batch = spec.runtime.batch_size;
+    let batch_wait = Duration::from_millis(spec.runtime.batch_wait_ms);
     let (src_tx, src_rx) = async_channel::bounded::<SourceItem>(cap);
     let (enc_tx, enc_rx) = async_channel::bounded::<Encoded>(cap);
     let (fin_tx, fin_rx) = async_channel::bounded::<Finished>(cap);
@@ -364,9 +365,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
             let mut pre = Preprocessor::new(&model.spec.input);
             while let Ok(first) = rx.recv_blocking() {
                 let mut items = vec![first];
+                let deadline = Instant::now() + batch_wait;
                 while items.len() < batch {
                     match rx.try_recv() {
                         Ok(it) => items.push(it),
+                        Err(async_channel::TryRecvError::Empty) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
                         Err(_) => break,
                     }
                 }

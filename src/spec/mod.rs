@@ -248,9 +248,13 @@ pub struct RuntimeSpec {
     /// Parallel model workers (encoder + decoder).
     #[serde(default = "one_usize")]
     pub workers: usize,
-    /// Frames per encoder/decoder call.
+    /// Frames per encoder/decoder call (at most).
     #[serde(default = "one_usize")]
     pub batch_size: usize,
+    /// Dynamic batching: how long a model worker waits for more frames once it holds one, before it
+    /// runs a smaller batch (milliseconds; 0 = take what is queued).
+    #[serde(default)]
+    pub batch_wait_ms: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -289,6 +293,7 @@ impl Default for RuntimeSpec {
             queue_capacity: default_queue(),
             workers: 1,
             batch_size: 1,
+            batch_wait_ms: 0,
             device: default_device(),
             threads: 0,
             on_error: OnError::default(),
@@ -469,6 +474,9 @@ impl PipelineSpec {
         }
         if r.batch_size == 0 || r.batch_size > 256 {
             return Err("runtime.batch_size: must be 1..=256".into());
+        }
+        if r.batch_wait_ms > 10_000 {
+            return Err("runtime.batch_wait_ms: at most 10000".into());
         }
         r.device
             .parse::<crate::model::Device>()
