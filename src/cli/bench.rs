@@ -55,7 +55,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Path::new("bench.yaml"),
         &[],
     )?;
-    let mut reader = crate::source::open(&src.source)?;
+    let mut reader = crate::source::open(&src.source, &Default::default())?;
     let mut pre = Preprocessor::new(&model.spec.input);
     let s = model.input_size() as usize;
     let mut inputs: Vec<Vec<f32>> = Vec::new();

@@ -4,12 +4,15 @@
 mod images;
 mod video;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use image::RgbImage;
 
 use crate::error::Error;
 use crate::spec::SourceSpec;
 
-pub use images::ImageListReader;
+pub use images::{decode_rgb, read_rgb, ImageListReader};
 pub use video::{init_ffmpeg, VideoReader};
 
 /// One decoded frame, or the reason it could not be decoded.
@@ -33,16 +36,45 @@ pub trait FrameReader: Send {
     fn next_frame(&mut self) -> Option<Decoded>;
 }
 
+/// What the run tells a source besides its spec.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Frames larger than this (width x height) are refused from their header, before decoding.
+    pub max_frame_pixels: u64,
+    /// Set when the run stops: a stream waiting to reconnect gives up at once.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            max_frame_pixels: crate::spec::RuntimeSpec::default().max_frame_pixels,
+            stop: Arc::default(),
+        }
+    }
+}
+
 /// Opens the source a spec names.
-pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameReader>, Error> {
+pub fn open(spec: &SourceSpec, opts: &SourceOptions) -> Result<Box<dyn FrameReader>, Error> {
     if let Some(v) = &spec.video {
-        return Ok(Box::new(VideoReader::open(v)?));
+        return Ok(Box::new(VideoReader::open(
+            v,
+            spec.reconnect,
+            spec.stall_timeout_ms,
+            opts,
+        )?));
     }
     if let Some(dir) = &spec.frames {
-        return Ok(Box::new(ImageListReader::frames_folder(dir)?));
+        return Ok(Box::new(ImageListReader::frames_folder(
+            dir,
+            opts.max_frame_pixels,
+        )?));
     }
     if let Some(pattern) = &spec.images {
-        return Ok(Box::new(ImageListReader::images(pattern)?));
+        return Ok(Box::new(ImageListReader::images(
+            pattern,
+            opts.max_frame_pixels,
+        )?));
     }
     Err(Error::Source {
         source_name: "source".into(),
