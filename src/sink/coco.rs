@@ -1,12 +1,12 @@
 //! COCO instances JSON with compressed RLE masks (as pycocotools reads them): each frame an image, each
 //! object id a category, each non-empty object mask an annotation. Written atomically at the end.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{create_parent, write_atomic, FrameRecord, Sink, SinkContext};
+use super::{create_parent, io_error, write_atomic, FrameRecord, Sink, SinkContext};
 use crate::error::Error;
 use crate::post::MaskRle;
 
@@ -69,14 +69,19 @@ impl Sink for CocoSink {
             "categories": categories,
         });
         write_atomic(&self.path, |tmp| {
-            let file = std::fs::File::create(tmp).map_err(|e| Error::Sink {
-                path: self.path.clone(),
-                msg: format!("cannot create: {e}"),
+            let file = std::fs::File::create(tmp)
+                .map_err(|e| io_error(&self.path, "cannot create", &e))?;
+            let mut out = BufWriter::new(file);
+            serde_json::to_writer(&mut out, &doc).map_err(|e| match e.io_error_kind() {
+                Some(kind) => io_error(&self.path, "cannot write", &kind.into()),
+                None => Error::Sink {
+                    path: self.path.clone(),
+                    msg: format!("cannot encode: {e}"),
+                },
             })?;
-            serde_json::to_writer(BufWriter::new(file), &doc).map_err(|e| Error::Sink {
-                path: self.path.clone(),
-                msg: format!("cannot write: {e}"),
-            })
+            // Flushed here: a buffered writer's drop would hide a full disk.
+            out.flush()
+                .map_err(|e| io_error(&self.path, "cannot write", &e))
         })?;
         Ok(vec![self.path.clone()])
     }

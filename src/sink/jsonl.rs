@@ -1,29 +1,30 @@
 //! JSON Lines: one line per frame with each object's id, box (`xyxy` frame pixels), score and area,
-//! flushed per line so that a reader can follow a live run.
+//! written per line so that a reader can follow a live run. A line that cannot be written whole (a full
+//! disk) is cut off again, so the file always ends with a complete line.
 
-use std::io::{BufWriter, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{create_parent, FrameRecord, Sink};
+use super::{create_parent, io_error, FrameRecord, Sink};
 use crate::error::Error;
 
 pub struct JsonlSink {
     path: PathBuf,
-    out: BufWriter<std::fs::File>,
+    out: std::fs::File,
+    /// Bytes of complete lines written.
+    len: u64,
 }
 
 impl JsonlSink {
     pub fn new(path: &Path) -> Result<Self, Error> {
         create_parent(path)?;
-        let file = std::fs::File::create(path).map_err(|e| Error::Sink {
-            path: path.to_path_buf(),
-            msg: format!("cannot create: {e}"),
-        })?;
+        let out = std::fs::File::create(path).map_err(|e| io_error(path, "cannot create", &e))?;
         Ok(JsonlSink {
             path: path.to_path_buf(),
-            out: BufWriter::new(file),
+            out,
+            len: 0,
         })
     }
 }
@@ -52,19 +53,22 @@ impl Sink for JsonlSink {
             "height": f.result.height,
             "objects": objects,
         });
-        let err = |e: std::io::Error| Error::Sink {
-            path: self.path.clone(),
-            msg: format!("cannot write: {e}"),
-        };
-        writeln!(self.out, "{line}").map_err(err)?;
-        self.out.flush().map_err(err)
+        let mut text = line.to_string();
+        text.push('\n');
+        if let Err(e) = self.out.write_all(text.as_bytes()) {
+            // Cut the partial line off (best effort: a full disk still allows shrinking a file).
+            let _ = self.out.set_len(self.len);
+            let _ = self.out.seek(std::io::SeekFrom::Start(self.len));
+            return Err(io_error(&self.path, "cannot write", &e));
+        }
+        self.len += text.len() as u64;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
-        self.out.flush().map_err(|e| Error::Sink {
-            path: self.path.clone(),
-            msg: format!("cannot write: {e}"),
-        })?;
+        self.out
+            .flush()
+            .map_err(|e| io_error(&self.path, "cannot write", &e))?;
         Ok(vec![self.path.clone()])
     }
 }
