@@ -156,3 +156,50 @@ fn prompt_errors_name_the_object() {
     let e = fails(&["run", p.to_str().unwrap()], &[]);
     assert!(e.contains("object 2") && e.contains("frame 500"), "{e}");
 }
+
+#[test]
+fn a_graph_with_an_unsupported_opset_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), &demo_video(), &fixture("wrong-opset"), "");
+    let e = fails(&["run", p.to_str().unwrap()], &[]);
+    assert!(
+        e.contains("wrong-opset/encoder.onnx") && e.contains("opset") && e.contains("Opset 99"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_graph_input_of_the_wrong_type_or_shape_is_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), &demo_video(), &fixture("wrong-type"), "");
+    let e = fails(&["run", p.to_str().unwrap()], &[]);
+    assert!(
+        e.contains("wrong-type/encoder.onnx")
+            && e.contains("input `image` is")
+            && e.contains("f32"),
+        "{e}"
+    );
+    let p = pipeline(tmp.path(), &demo_video(), &fixture("wrong-shape"), "");
+    let e = fails(&["run", p.to_str().unwrap()], &[]);
+    assert!(
+        e.contains("wrong-shape/encoder.onnx")
+            && e.contains("input `image` dimension 2 is 32")
+            && e.contains("[batch, 3, 64, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_empty_graph_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixture("color-model")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(model.join("decoder.onnx"), b"").unwrap();
+    let p = pipeline(tmp.path(), &demo_video(), &model, "");
+    let e = fails(&["run", p.to_str().unwrap()], &[]);
+    assert!(e.contains("decoder.onnx") && e.contains("empty"), "{e}");
+}

@@ -76,7 +76,10 @@ impl Bank {
             msg,
         };
         for img in &set.images {
-            let rgb = read_rgb(&img.path)?;
+            let rgb = read_rgb(
+                &img.path,
+                crate::spec::RuntimeSpec::default().max_frame_pixels,
+            )?;
             let (w, h) = rgb.dimensions();
             if let Some((ew, eh)) = img.size {
                 if (ew, eh) != (w, h) {

@@ -126,7 +126,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Path::new("bench.yaml"),
         &[],
     )?;
-    let mut reader = crate::source::open(&src.source)?;
+    let mut reader = crate::source::open(&src.source, &Default::default())?;
     let mut pre = Preprocessor::new(&model.spec.input);
     let s = model.input_size() as usize;
     let mut inputs: Vec<Vec<f32>> = Vec::new();
@@ -311,7 +311,7 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
 
     // (a) on preloaded, letterboxed images; one point, as the job decodes.
     let dir = std::path::absolute(images)?;
-    let mut reader = crate::source::ImageListReader::images(&dir.to_string_lossy())?;
+    let mut reader = crate::source::ImageListReader::images(&dir.to_string_lossy(), u64::MAX)?;
     let mut pre = Preprocessor::new(&model.spec.input);
     let s = model.input_size() as usize;
     let mut inputs = Vec::new();

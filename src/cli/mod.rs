@@ -223,7 +223,11 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 let prompts = PromptFile::load(p)?;
                 println!("prompts: {} objects", prompts.objects.len());
             }
-            let mut reader = crate::source::open(&spec.source)?;
+            let source_opts = crate::source::SourceOptions {
+                max_frame_pixels: spec.runtime.max_frame_pixels,
+                ..Default::default()
+            };
+            let mut reader = crate::source::open(&spec.source, &source_opts)?;
             let first = reader
                 .next_frame()
                 .with_context(|| "the source has no frame".to_string())?;

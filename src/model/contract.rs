@@ -128,11 +128,16 @@ impl ModelSpec {
                 "cannot read it ({e}); `model:` must name a model folder holding model.yaml and its ONNX graphs"
             ),
         })?;
-        let spec: ModelSpec = serde_yaml::from_str(&text).map_err(|e| Error::Model {
-            path: path.clone(),
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks the text of a `model.yaml`; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let spec: ModelSpec = serde_yaml::from_str(text).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        spec.check_self(&path)?;
+        spec.check_self(path)?;
         Ok(spec)
     }
 

@@ -362,9 +362,24 @@ fn open_session(
                 .map_err(ort::Error::from)?;
         }
     }
-    builder.commit_from_file(file).map_err(|e| Error::Contract {
-        graph: file.to_path_buf(),
-        msg: format!("ONNX Runtime cannot load it ({e}); is it a complete ONNX file?"),
+    if std::fs::metadata(file).is_ok_and(|m| m.len() == 0) {
+        return Err(Error::Contract {
+            graph: file.to_path_buf(),
+            msg: "the file is empty (0 bytes); copy or export the graph again".into(),
+        });
+    }
+    builder.commit_from_file(file).map_err(|e| {
+        let text = e.to_string();
+        let hint = if text.contains("opset") || text.contains("Opset") {
+            "the graph's opset is not one this ONNX Runtime supports; export it again with a released \
+             opset (7 or above)"
+        } else {
+            "is it a complete ONNX file?"
+        };
+        Error::Contract {
+            graph: file.to_path_buf(),
+            msg: format!("ONNX Runtime cannot load it: {hint} ({text})"),
+        }
     })
 }
 

@@ -220,9 +220,13 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     let keep = Arc::new(keep);
 
     let source_spec = spec.source.clone();
+    let source_opts = source::SourceOptions {
+        max_frame_pixels: spec.runtime.max_frame_pixels,
+        stop: opts.stop.clone(),
+    };
     let keep_src = keep.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        source::open_filtered(&source_spec, Some(&|i| keep_src(i)))
+        source::open_filtered(&source_spec, &source_opts, Some(&|i| keep_src(i)))
     })
     .await
     .map_err(|e| Error::Runtime(format!("source opening stopped: {e}")))??;
@@ -238,7 +242,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         if p.is_dir() {
             p.to_path_buf()
         } else {
-            source::ImageListReader::images(&p.to_string_lossy())
+            source::ImageListReader::images(&p.to_string_lossy(), u64::MAX)
                 .map(|r| r.root().to_path_buf())
                 .unwrap_or_default()
         }
@@ -513,7 +517,14 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
             let mut written = 0u64;
             let mut in_a_row = 0u64;
             let mut latency = LatencyHistogram::default();
+            // After a sink failed (a full disk), the frames still in flight are not written: the files
+            // end with the last frame that every sink took.
+            let mut sink_failed = false;
             while let Ok(f) = rx.recv_blocking() {
+                if sink_failed {
+                    in_flight.leave();
+                    continue;
+                }
                 let t = Instant::now();
                 let outcome = f.outcome.and_then(|result| {
                     let image = f.image.as_deref().expect("a tracked frame keeps its image");
@@ -546,6 +557,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                         // A sink that cannot write, or an object that cannot start, ends the run.
                         let fatal_kind = matches!(e, Error::Sink { .. } | Error::Object { .. });
                         let is_sink = matches!(e, Error::Sink { .. });
+                        sink_failed |= is_sink;
                         let msg = e.to_string();
                         tracing::warn!(frame = %f.name, "frame failed: {msg}");
                         errors.lock().expect("errors lock").push(ItemError {

@@ -12,6 +12,12 @@ use crate::sink::palette;
 /// Most objects one run follows.
 pub const MAX_OBJECTS: usize = 255;
 
+/// Most points one object's prompt may have: positive, negative and scribble points together.
+pub const MAX_POINTS_PER_OBJECT: usize = 10_000;
+
+/// Largest prompt file read (bytes).
+pub const MAX_PROMPT_FILE_BYTES: u64 = 16 << 20;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptFile {
@@ -65,8 +71,31 @@ impl PromptFile {
             path: path.to_path_buf(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut file: PromptFile = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let len = std::fs::metadata(path)
+            .map_err(|e| err(format!("cannot read: {e}")))?
+            .len();
+        if len > MAX_PROMPT_FILE_BYTES {
+            return Err(err(format!(
+                "the file is {len} bytes, more than the {MAX_PROMPT_FILE_BYTES} a prompt file may have; \
+                 give large masks as PNG files (`mask:`) rather than as points"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(&bytes, path)
+    }
+
+    /// As [`PromptFile::load`], from the file's bytes; `path` names it in errors and anchors mask paths.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let err = |msg: String| Error::Prompt {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            err(format!(
+                "not UTF-8 text ({e}); a prompt file is YAML or JSON"
+            ))
+        })?;
+        let mut file: PromptFile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for o in &mut file.objects {
             if let Some(m) = &mut o.mask {
@@ -148,6 +177,15 @@ impl PromptFile {
                         "{at}: box {b:?} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
                     ));
                 }
+            }
+            let points = o.points.len()
+                + o.negative_points.len()
+                + o.scribbles.iter().map(|s| s.points.len()).sum::<usize>();
+            if points > MAX_POINTS_PER_OBJECT {
+                return Err(format!(
+                    "{at}: {points} points; at most {MAX_POINTS_PER_OBJECT} (points, negative points and \
+                     scribble points together) are supported; give a large region as a mask PNG"
+                ));
             }
             for s in &o.scribbles {
                 if s.points.is_empty() || !(s.width > 0.0 && s.width.is_finite()) {

@@ -6,6 +6,9 @@ use crate::error::Error;
 use crate::post::BinaryMask;
 use crate::sink::palette;
 
+/// Most pixel writes one object's scribbles may take to draw (long, very wide scribbles).
+pub const MAX_SCRIBBLE_WORK: f64 = 1e9;
+
 /// Rasterises `o` on a `width x height` frame; errors name the object, the frame and the fix.
 pub fn rasterize(o: &ObjectPrompt, width: u32, height: u32) -> Result<BinaryMask, Error> {
     let err = |msg: String| Error::Object {
@@ -76,6 +79,32 @@ pub fn rasterize(o: &ObjectPrompt, width: u32, height: u32) -> Result<BinaryMask
                 )));
             }
         }
+    }
+    let work: f64 = o
+        .scribbles
+        .iter()
+        .map(|s| {
+            let r = (s.width / 2.0).max(0.5) as f64;
+            let area = ((2.0 * r + 2.0).powi(2)).min(width as f64 * height as f64);
+            let steps: f64 = s
+                .points
+                .windows(2)
+                .map(|seg| {
+                    let len =
+                        ((seg[1][0] - seg[0][0]) as f64).hypot((seg[1][1] - seg[0][1]) as f64);
+                    (len / (r * 0.5).max(0.5)).ceil() + 1.0
+                })
+                .sum();
+            (steps + 1.0) * area
+        })
+        .sum();
+    if work > MAX_SCRIBBLE_WORK {
+        return Err(err(format!(
+            "the scribbles would take {work:.0} pixel writes to draw, more than {MAX_SCRIBBLE_WORK:.0}; \
+             use thinner or fewer scribbles, or give the region as a mask PNG"
+        )));
+    }
+    for s in &o.scribbles {
         let r = s.width / 2.0;
         disk(&mut m, s.points[0], r, 1);
         for seg in s.points.windows(2) {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::record::ImageRecord;
-use super::{create_parent, write_atomic, FrameRecord, Sink, SinkContext};
+use super::{create_parent, io_error, write_atomic, FrameRecord, Sink, SinkContext};
 use crate::error::Error;
 
 pub struct CocoSink {
@@ -37,15 +37,15 @@ impl Sink for CocoSink {
     }
 
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
-        let err = |e: std::io::Error| Error::Sink {
-            path: self.path.clone(),
-            msg: format!("cannot write: {e}"),
-        };
         write_atomic(&self.path, |tmp| {
-            let file = std::fs::File::create(tmp).map_err(err)?;
+            let file = std::fs::File::create(tmp)
+                .map_err(|e| io_error(&self.path, "cannot create", &e))?;
             let mut out = BufWriter::new(file);
-            write_document(&mut out, &self.records, &self.categories).map_err(err)?;
-            out.flush().map_err(err)
+            write_document(&mut out, &self.records, &self.categories)
+                .map_err(|e| io_error(&self.path, "cannot write", &e))?;
+            // Flushed here: a buffered writer's drop would hide a full disk.
+            out.flush()
+                .map_err(|e| io_error(&self.path, "cannot write", &e))
         })?;
         Ok(vec![self.path.clone()])
     }

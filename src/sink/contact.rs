@@ -129,7 +129,11 @@ impl ContactSheetSink {
     /// An image labeled by an earlier run: read it again and draw its annotations from the record.
     fn redraw(&self, r: &ImageRecord) -> Option<RgbImage> {
         let root = self.source_root.as_ref()?;
-        let img = crate::source::read_rgb(&root.join(&r.file)).ok()?;
+        let img = crate::source::read_rgb(
+            &root.join(&r.file),
+            crate::spec::RuntimeSpec::default().max_frame_pixels,
+        )
+        .ok()?;
         if img.dimensions() != (r.width, r.height) {
             return None;
         }

@@ -1,19 +1,22 @@
 //! JSON Lines: one line per frame with each object's id, box (`xyxy` frame pixels), score and area,
-//! flushed per line so that a reader can follow a live run. A resumed auto-labeling run keeps the lines
-//! of the images its manifest holds and appends after them.
+//! written per line so that a reader can follow a live run. A line that cannot be written whole (a full
+//! disk) is cut off again, so the file always ends with a complete line. A resumed auto-labeling run keeps
+//! the lines of the images its manifest holds and appends after them.
 
-use std::io::{BufWriter, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use super::record::ImageRecord;
-use super::{create_parent, write_atomic, FrameRecord, Sink};
+use super::{create_parent, io_error, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
 pub struct JsonlSink {
     path: PathBuf,
-    out: BufWriter<std::fs::File>,
+    out: std::fs::File,
+    /// Bytes of complete lines written.
+    len: u64,
 }
 
 impl JsonlSink {
@@ -22,22 +25,21 @@ impl JsonlSink {
         if !previous.is_empty() && path.exists() {
             keep_done_lines(path, previous)?;
         } else if path.exists() {
-            std::fs::remove_file(path).map_err(|e| Error::Sink {
-                path: path.to_path_buf(),
-                msg: format!("cannot replace: {e}"),
-            })?;
+            std::fs::remove_file(path).map_err(|e| io_error(path, "cannot replace", &e))?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut out = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(path)
-            .map_err(|e| Error::Sink {
-                path: path.to_path_buf(),
-                msg: format!("cannot create: {e}"),
-            })?;
+            .map_err(|e| io_error(path, "cannot create", &e))?;
+        let len = out
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| io_error(path, "cannot open", &e))?;
         Ok(JsonlSink {
             path: path.to_path_buf(),
-            out: BufWriter::new(file),
+            out,
+            len,
         })
     }
 }
@@ -67,19 +69,22 @@ impl Sink for JsonlSink {
             "height": f.result.height,
             "objects": objects,
         });
-        let err = |e: std::io::Error| Error::Sink {
-            path: self.path.clone(),
-            msg: format!("cannot write: {e}"),
-        };
-        writeln!(self.out, "{line}").map_err(err)?;
-        self.out.flush().map_err(err)
+        let mut text = line.to_string();
+        text.push('\n');
+        if let Err(e) = self.out.write_all(text.as_bytes()) {
+            // Cut the partial line off (best effort: a full disk still allows shrinking a file).
+            let _ = self.out.set_len(self.len);
+            let _ = self.out.seek(std::io::SeekFrom::Start(self.len));
+            return Err(io_error(&self.path, "cannot write", &e));
+        }
+        self.len += text.len() as u64;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
-        self.out.flush().map_err(|e| Error::Sink {
-            path: self.path.clone(),
-            msg: format!("cannot write: {e}"),
-        })?;
+        self.out
+            .flush()
+            .map_err(|e| io_error(&self.path, "cannot write", &e))?;
         Ok(vec![self.path.clone()])
     }
 }

@@ -90,7 +90,31 @@ pub(crate) fn create_parent(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Writes a file through a temporary name and a rename, so a reader never sees half a file.
+/// A sink's I/O error, naming the file; a full disk (or a file-size limit) says what to do about it.
+pub(crate) fn io_error(path: &Path, what: &str, e: &std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    let fix = match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "; free space on that disk or write the outputs elsewhere"
+        }
+        ErrorKind::FileTooLarge => {
+            "; the file hit a file-size limit (`ulimit -f` or the file system's); raise it or write \
+             the outputs elsewhere"
+        }
+        _ => "",
+    };
+    Error::Sink {
+        path: path.to_path_buf(),
+        msg: if fix.is_empty() {
+            format!("{what}: {e}")
+        } else {
+            format!("{what}: {e}{fix} (the files finished before this one are complete)")
+        },
+    }
+}
+
+/// Writes a file through a temporary name and a rename, so a reader never sees half a file; a failed
+/// write leaves no temporary file behind.
 pub(crate) fn write_atomic(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), Error>,
@@ -98,11 +122,22 @@ pub(crate) fn write_atomic(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = PathBuf::from(tmp);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Sink {
-        path: path.to_path_buf(),
-        msg: format!("cannot move the finished file into place: {e}"),
-    })
+    // Errors name the file being made, not its temporary name.
+    let named = |e: Error| match e {
+        Error::Sink { path: p, msg } if p == tmp => Error::Sink {
+            path: path.to_path_buf(),
+            msg,
+        },
+        other => other,
+    };
+    let done = write(&tmp).map_err(named).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| io_error(path, "cannot move the finished file into place", &e))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// DAVIS-style label PNGs named like the frames.

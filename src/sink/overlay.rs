@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use super::{create_dir, create_parent, palette, write_atomic, FrameRecord, Sink};
+use super::{create_dir, create_parent, io_error, palette, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
 /// The frame with labels drawn over it (`labels` is one id per pixel, 0 = none).
@@ -57,12 +57,19 @@ impl Sink for OverlayPngSink {
         let img = draw(f.image, &f.result.labels);
         let path = self.dir.join(format!("{}.png", f.name));
         create_parent(&path)?;
+        // Encoded in memory and written in one go: the image crate's own `save` drops a buffered
+        // writer without flushing it, which would hide a full disk.
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::Sink {
+            path: path.clone(),
+            msg: format!("cannot encode: {e}"),
+        })?;
         write_atomic(&path, |tmp| {
-            img.save_with_format(tmp, image::ImageFormat::Png)
-                .map_err(|e| Error::Sink {
-                    path: path.clone(),
-                    msg: format!("cannot write: {e}"),
-                })
+            std::fs::write(tmp, &bytes).map_err(|e| io_error(&path, "cannot write", &e))
         })
     }
 

@@ -1,7 +1,6 @@
 //! Label PNGs: DAVIS-style palette PNGs (pixel value = object id) written and read. The palette is the
 //! one DAVIS and PASCAL VOC use (bit-interleaved colours), so the files open in their tools.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use crate::error::Error;
@@ -23,24 +22,25 @@ pub fn color(i: u8) -> [u8; 3] {
 }
 
 /// Writes `labels` (`width x height`, one byte per pixel) as an 8-bit palette PNG.
+///
+/// The PNG is encoded in memory and written in one go, so that a failed write (a full disk) is always
+/// reported rather than lost in a buffered writer's drop.
 pub fn write(path: &Path, width: u32, height: u32, labels: &[u8]) -> Result<(), Error> {
-    let err = |msg: String| Error::Sink {
+    let err = |what: &str, e: png::EncodingError| Error::Sink {
         path: path.to_path_buf(),
-        msg,
+        msg: format!("{what}: {e}"),
     };
-    let file = std::fs::File::create(path).map_err(|e| err(format!("cannot create: {e}")))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width, height);
+    let mut bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut bytes, width, height);
     enc.set_color(png::ColorType::Indexed);
     enc.set_depth(png::BitDepth::Eight);
     let palette: Vec<u8> = (0..=255u8).flat_map(color).collect();
     enc.set_palette(palette);
-    let mut w = enc
-        .write_header()
-        .map_err(|e| err(format!("cannot write: {e}")))?;
+    let mut w = enc.write_header().map_err(|e| err("cannot encode", e))?;
     w.write_image_data(labels)
-        .map_err(|e| err(format!("cannot write: {e}")))?;
-    w.finish().map_err(|e| err(format!("cannot finish: {e}")))?;
-    Ok(())
+        .map_err(|e| err("cannot encode", e))?;
+    w.finish().map_err(|e| err("cannot encode", e))?;
+    std::fs::write(path, &bytes).map_err(|e| super::io_error(path, "cannot write", &e))
 }
 
 /// A label image as read from a PNG.
@@ -52,22 +52,42 @@ pub struct Labels {
     pub data: Vec<u8>,
 }
 
+/// Largest label PNG read, in pixels: checked from the header, before any pixel buffer is allocated.
+pub const MAX_LABEL_PIXELS: u64 = 16384 * 16384;
+
 /// Reads a palette, grayscale or RGB(A) PNG as labels, keeping palette indices (which decoders that
 /// expand to RGB would lose).
 pub fn read(path: &Path) -> Result<Labels, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::Frame {
+        frame: path.display().to_string(),
+        msg: format!("cannot open: {e}"),
+    })?;
+    decode_from(std::io::BufReader::new(file), path)
+}
+
+/// As [`read`], from the bytes of a PNG file; `path` names it in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Labels, Error> {
+    decode_from(std::io::Cursor::new(bytes), path)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    input: R,
+    path: &Path,
+) -> Result<Labels, Error> {
     let err = |msg: String| Error::Frame {
         frame: path.display().to_string(),
         msg,
     };
-    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    let mut dec = png::Decoder::new(input);
     dec.set_transformations(png::Transformations::STRIP_16);
     let mut reader = dec
         .read_info()
         .map_err(|e| err(format!("not a readable PNG ({e}); masks must be PNG files")))?;
     let (w, h) = (reader.info().width, reader.info().height);
-    if (w as u64) * (h as u64) > 16384 * 16384 {
-        return Err(err(format!("{w}x{h} is larger than the 16384x16384 limit")));
+    if (w as u64) * (h as u64) > MAX_LABEL_PIXELS {
+        return Err(err(format!(
+            "{w}x{h} is larger than the 16384x16384 limit for label PNGs"
+        )));
     }
     let mut buf = vec![
         0;

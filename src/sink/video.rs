@@ -127,6 +127,9 @@ impl VideoSink {
         let mut pkt = ffmpeg::Packet::empty();
         while open.enc.receive_packet(&mut pkt).is_ok() {
             pkt.set_stream(0);
+            // One frame lasts one tick of the encoder's time base. Without a duration the MP4 muxer
+            // ends its edit list at the last frame's start, and players drop that frame.
+            pkt.set_duration(1);
             pkt.rescale_ts(enc_tb, open.stream_tb);
             pkt.write_interleaved(&mut open.octx)?;
         }
@@ -170,7 +173,8 @@ impl Sink for VideoSink {
         open.enc
             .send_frame(&yuv)
             .map_err(|e| err(format!("encoding frame {} failed: {e}", f.index)))?;
-        Self::drain(open, enc_tb).map_err(|e| err(format!("writing the video failed: {e}")))?;
+        Self::drain(open, enc_tb)
+            .map_err(|e| ffmpeg_error(&path, "writing the video failed", e))?;
         self.frames += 1;
         Ok(())
     }
@@ -185,21 +189,41 @@ impl Sink for VideoSink {
             return Ok(vec![]);
         };
         let path = self.path.clone();
+        let done = (|| {
+            open.enc
+                .send_eof()
+                .map_err(|e| ffmpeg_error(&path, "cannot finish encoding", e))?;
+            Self::drain(&mut open, enc_tb)
+                .map_err(|e| ffmpeg_error(&path, "writing the video failed", e))?;
+            open.octx
+                .write_trailer()
+                .map_err(|e| ffmpeg_error(&path, "cannot finish the video file", e))
+        })();
+        drop(open);
+        if let Err(e) = done {
+            // Without its trailer an MP4 does not play: remove the partial file rather than leave it.
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         let err = |msg: String| Error::Sink {
             path: path.clone(),
             msg,
         };
-        open.enc
-            .send_eof()
-            .map_err(|e| err(format!("cannot finish encoding: {e}")))?;
-        Self::drain(&mut open, enc_tb)
-            .map_err(|e| err(format!("writing the video failed: {e}")))?;
-        open.octx
-            .write_trailer()
-            .map_err(|e| err(format!("cannot finish the video file: {e}")))?;
-        drop(open);
         std::fs::rename(&self.tmp, &self.path)
             .map_err(|e| err(format!("cannot move the finished video into place: {e}")))?;
         Ok(vec![self.path.clone()])
+    }
+}
+
+/// A sink error from FFmpeg; an OS error (a full disk) is reported as such, with its fix.
+fn ffmpeg_error(path: &Path, what: &str, e: ffmpeg::Error) -> Error {
+    match e {
+        ffmpeg::Error::Other { errno } => {
+            super::io_error(path, what, &std::io::Error::from_raw_os_error(errno))
+        }
+        other => Error::Sink {
+            path: path.to_path_buf(),
+            msg: format!("{what}: {other}"),
+        },
     }
 }

@@ -19,17 +19,24 @@ pub struct ImageListReader {
     root: PathBuf,
     next: usize,
     sequence: bool,
+    max_pixels: u64,
 }
 
 impl ImageListReader {
     /// A folder whose JPEG/PNG files, in name order, are the frames of one video.
-    pub fn frames_folder(dir: &Path) -> Result<Self, Error> {
+    /// Images larger than `max_pixels` are refused from their header.
+    pub fn frames_folder(dir: &Path, max_pixels: u64) -> Result<Self, Error> {
         let files = list_folder(dir)?;
-        Ok(ImageListReader::new(files, dir.to_path_buf(), true))
+        Ok(ImageListReader::new(
+            files,
+            dir.to_path_buf(),
+            true,
+            max_pixels,
+        ))
     }
 
     /// A folder of images, or a glob pattern (`data/*.jpg`); each image stands alone.
-    pub fn images(pattern: &str) -> Result<Self, Error> {
+    pub fn images(pattern: &str, max_pixels: u64) -> Result<Self, Error> {
         let p = Path::new(pattern);
         let (files, root) = if p.is_dir() {
             (list_folder(p)?, p.to_path_buf())
@@ -50,11 +57,12 @@ impl ImageListReader {
             }
             (files, glob_root(pattern))
         };
-        Ok(ImageListReader::new(files, root, false))
+        Ok(ImageListReader::new(files, root, false, max_pixels))
     }
 
-    fn new(files: Vec<PathBuf>, root: PathBuf, sequence: bool) -> Self {
+    fn new(files: Vec<PathBuf>, root: PathBuf, sequence: bool, max_pixels: u64) -> Self {
         ImageListReader {
+            max_pixels,
             files: files
                 .into_iter()
                 .enumerate()
@@ -121,24 +129,60 @@ fn list_folder(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-/// Decodes an image file into RGB (grayscale, 16-bit and alpha are converted), naming the file on error.
-pub fn read_rgb(path: &Path) -> Result<RgbImage, Error> {
+/// Decodes an image file into RGB (grayscale, CMYK, 16-bit and alpha are converted), naming the file on
+/// error. The size in the header is checked against `max_pixels` before any pixel is decoded, and the
+/// format is taken from the content (a PNG named `.jpg` reads as a PNG).
+pub fn read_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage, Error> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::Frame {
+        frame: path.display().to_string(),
+        msg: format!("cannot open: {e}"),
+    })?;
+    decode_with(reader, path, max_pixels)
+}
+
+/// As [`read_rgb`], from the bytes of an image file; `path` names it in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage, Error> {
+    decode_with(
+        image::ImageReader::new(std::io::Cursor::new(bytes)),
+        path,
+        max_pixels,
+    )
+}
+
+fn decode_with<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    path: &Path,
+    max_pixels: u64,
+) -> Result<RgbImage, Error> {
+    use image::ImageDecoder;
     let err = |msg: String| Error::Frame {
         frame: path.display().to_string(),
         msg,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(format!("cannot open: {e}")))?
+    let mut reader = reader
         .with_guessed_format()
         .map_err(|e| err(format!("cannot read: {e}")))?;
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(16384);
-    limits.max_image_height = Some(16384);
-    limits.max_alloc = Some(1 << 30);
-    let mut reader = reader;
+    // Enough for the largest accepted frame at 16-bit RGBA, the widest layout a decoder produces.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(1 << 26));
     reader.limits(limits);
-    let img = reader
-        .decode()
+    let decoder = reader.into_decoder().map_err(|e| {
+        err(format!(
+            "not a readable image ({e}); frames must be JPEG or PNG files"
+        ))
+    })?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(err(format!(
+            "the image is {w}x{h} ({pixels} pixels), more than runtime.max_frame_pixels \
+             ({max_pixels}); downscale it or raise the limit"
+        )));
+    }
+    if pixels == 0 {
+        return Err(err(format!("the image is {w}x{h}: it has no pixel")));
+    }
+    let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| err(format!("not a readable image ({e})")))?;
     Ok(img.to_rgb8())
 }
@@ -173,7 +217,7 @@ impl FrameReader for ImageListReader {
             index,
             name,
             file: Some(file),
-            image: read_rgb(path),
+            image: read_rgb(path, self.max_pixels),
         })
     }
 }

@@ -4,12 +4,15 @@
 mod images;
 mod video;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use image::RgbImage;
 
 use crate::error::Error;
 use crate::spec::SourceSpec;
 
-pub use images::{read_rgb, ImageListReader};
+pub use images::{decode_rgb, read_rgb, ImageListReader};
 pub use video::{init_ffmpeg, VideoReader};
 
 /// One decoded frame, or the reason it could not be decoded.
@@ -35,23 +38,47 @@ pub trait FrameReader: Send {
     fn next_frame(&mut self) -> Option<Decoded>;
 }
 
+/// What the run tells a source besides its spec.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Frames larger than this (width x height) are refused from their header, before decoding.
+    pub max_frame_pixels: u64,
+    /// Set when the run stops: a stream waiting to reconnect gives up at once.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            max_frame_pixels: crate::spec::RuntimeSpec::default().max_frame_pixels,
+            stop: Arc::default(),
+        }
+    }
+}
+
 /// Opens the source a spec names.
-pub fn open(spec: &SourceSpec) -> Result<Box<dyn FrameReader>, Error> {
-    open_filtered(spec, None)
+pub fn open(spec: &SourceSpec, opts: &SourceOptions) -> Result<Box<dyn FrameReader>, Error> {
+    open_filtered(spec, opts, None)
 }
 
 /// Opens the source, keeping only frame indices that pass `keep`: image files that fail are never
 /// opened (used for shards and for resuming); a video still decodes every frame, the caller skips them.
 pub fn open_filtered(
     spec: &SourceSpec,
+    opts: &SourceOptions,
     keep: Option<&dyn Fn(u64) -> bool>,
 ) -> Result<Box<dyn FrameReader>, Error> {
     if let Some(v) = &spec.video {
-        return Ok(Box::new(VideoReader::open(v)?));
+        return Ok(Box::new(VideoReader::open(
+            v,
+            spec.reconnect,
+            spec.stall_timeout_ms,
+            opts,
+        )?));
     }
     let list = match (&spec.frames, &spec.images) {
-        (Some(dir), _) => Some(ImageListReader::frames_folder(dir)?),
-        (None, Some(pattern)) => Some(ImageListReader::images(pattern)?),
+        (Some(dir), _) => Some(ImageListReader::frames_folder(dir, opts.max_frame_pixels)?),
+        (None, Some(pattern)) => Some(ImageListReader::images(pattern, opts.max_frame_pixels)?),
         _ => None,
     };
     if let Some(mut list) = list {

@@ -29,7 +29,7 @@ pub struct PipelineSpec {
 }
 
 /// Exactly one of `video`, `frames`, `images`, plus an optional frame range and stride.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// A video file or any URL FFmpeg opens (rtsp://, http://, ...).
@@ -53,10 +53,37 @@ pub struct SourceSpec {
     /// Frames per second to assume when the source has none (frames folders, images).
     #[serde(default)]
     pub fps: Option<f64>,
+    /// Streams (URLs) only: reopen the stream when it drops or stalls, instead of ending the run there.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectSpec>,
+    /// Streams only: a stream that delivers nothing for this long counts as dropped.
+    #[serde(default = "default_stall_ms")]
+    pub stall_timeout_ms: u64,
     /// `I/N`: read only the frames whose index modulo N is I (0-based), so that N processes split a
     /// dataset without overlap. The same split on every machine for the same file list.
     #[serde(default)]
     pub shard: Option<String>,
+}
+
+fn default_stall_ms() -> u64 {
+    10_000
+}
+
+impl Default for SourceSpec {
+    fn default() -> Self {
+        SourceSpec {
+            video: None,
+            frames: None,
+            images: None,
+            start: 0,
+            end: None,
+            stride: 1,
+            fps: None,
+            reconnect: None,
+            stall_timeout_ms: default_stall_ms(),
+            shard: None,
+        }
+    }
 }
 
 /// Shard `index` of `count`, parsed from `I/N`.
@@ -85,6 +112,23 @@ impl Shard {
         index % self.count == self.index
     }
 }
+
+/// How a dropped stream is reopened: `attempts` tries in a row, waiting `backoff_ms` before the first
+/// and twice as long before each next one (at most 30 s); a try that delivers a frame resets the count.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectSpec {
+    pub attempts: u32,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_backoff_ms() -> u64 {
+    500
+}
+
+/// Largest pipeline file read (bytes); a bigger file is not a pipeline description.
+pub const MAX_PIPELINE_FILE_BYTES: u64 = 1 << 20;
 
 fn one() -> u64 {
     1
@@ -318,10 +362,21 @@ impl PipelineSpec {
     /// Reads a pipeline file, applies `key.path=value` overrides, resolves relative paths against the
     /// file's folder and checks the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+        let err = |msg: String| Error::Spec {
             path: path.to_path_buf(),
-            msg: format!("cannot read the pipeline file: {e}"),
-        })?;
+            msg,
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|e| err(format!("cannot read the pipeline file: {e}")))?
+            .len();
+        if len > MAX_PIPELINE_FILE_BYTES {
+            return Err(err(format!(
+                "the pipeline file is {len} bytes, more than the {MAX_PIPELINE_FILE_BYTES} a pipeline \
+                 file may have; is it the right file?"
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the pipeline file: {e}")))?;
         Self::parse(&text, path, overrides)
     }
 
@@ -417,6 +472,24 @@ impl PipelineSpec {
         if let Some(sh) = &s.shard {
             sh.parse::<Shard>().map_err(|e| format!("source.{e}"))?;
         }
+        if s.stall_timeout_ms == 0 {
+            return Err("source.stall_timeout_ms: must be at least 1".into());
+        }
+        if let Some(r) = s.reconnect {
+            if s.video.as_deref().is_none_or(|v| !v.contains("://")) {
+                return Err(
+                    "source.reconnect: only streams (a `video` URL such as rtsp:// or http://) \
+                            can reconnect; remove it for files"
+                        .into(),
+                );
+            }
+            if r.attempts > 1000 || r.backoff_ms > 60_000 {
+                return Err(
+                    "source.reconnect: attempts must be at most 1000 and backoff_ms at most 60000"
+                        .into(),
+                );
+            }
+        }
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
                 "prompts: the propagate job needs a prompt file (objects to follow)".into(),
@@ -477,6 +550,12 @@ impl PipelineSpec {
         }
         if r.batch_wait_ms > 10_000 {
             return Err("runtime.batch_wait_ms: at most 10000".into());
+        }
+        if r.max_consecutive_failures == 0 {
+            return Err("runtime.max_consecutive_failures: must be at least 1".into());
+        }
+        if r.max_frame_pixels == 0 {
+            return Err("runtime.max_frame_pixels: must be at least 1".into());
         }
         r.device
             .parse::<crate::model::Device>()

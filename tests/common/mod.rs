@@ -12,11 +12,117 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
+/// Runs the binary; whatever the input, it must never panic.
 pub fn vprompt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vprompt"))
+    let o = Command::new(env!("CARGO_BIN_EXE_vprompt"))
         .args(args)
         .output()
-        .expect("the vprompt binary runs")
+        .expect("the vprompt binary runs");
+    assert!(!stderr(&o).contains("panicked at"), "{}", stderr(&o));
+    o
+}
+
+/// Checks a failed run: exit code 2, exactly one `error:` line, no panic; returns the line.
+pub fn one_error(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {err}");
+    lines[0].to_string()
+}
+
+/// Writes `prompts.yaml` (object 1: a box on frame 0) and `pipe.yaml` with the colour model; `source` and
+/// `rest` are YAML (`rest` holds `sinks:` and anything else).
+pub fn pipeline(dir: &Path, source: &str, rest: &str) -> PathBuf {
+    write(
+        dir,
+        "prompts.yaml",
+        "objects:\n  - { id: 1, frame: 0, box: [2, 2, 20, 20] }\n",
+    );
+    write(
+        dir,
+        "pipe.yaml",
+        &format!(
+            "source: {{ {source} }}\nmodel: {:?}\nprompts: prompts.yaml\n{rest}",
+            fixture("color-model")
+        ),
+    )
+}
+
+/// The `report.json` a run wrote beside its outputs.
+pub fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report.json exists"))
+        .expect("report.json is JSON")
+}
+
+/// A PNG whose header claims `w x h` RGB pixels, with almost no pixel data behind it.
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    // zlib: a stored block of 3 zero bytes (one short row).
+    chunk(
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x03, 0x00, 0xfc, 0xff, 0, 0, 0, 0, 0x03, 0, 0x01,
+        ],
+    );
+    chunk(b"IEND", &[]);
+    out
+}
+
+/// CRC-32 (the PNG / zlib polynomial).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Runs ffmpeg with these arguments (quietly, overwriting) and checks that it succeeded.
+pub fn ffmpeg(args: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg {args:?}");
+}
+
+/// Every file under `dir` (recursively) whose name ends with `.part` or `.part.mp4`.
+pub fn leftover_parts(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(leftover_parts(&p));
+        } else if p.to_string_lossy().contains(".part") {
+            out.push(p);
+        }
+    }
+    out
 }
 
 pub fn stderr(o: &Output) -> String {
