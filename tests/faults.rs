@@ -250,7 +250,8 @@ fn flaky_server(body: Vec<u8>, first: usize, hold: Option<Duration>, more: usize
     url
 }
 
-fn stream(tmp: &Path) -> Vec<u8> {
+/// An MPEG-TS stream of `frames` frames (25 fps, 160x120).
+fn stream(tmp: &Path, frames: u32) -> Vec<u8> {
     let ts = tmp.join("clip.ts");
     ffmpeg(&[
         "-f",
@@ -258,7 +259,7 @@ fn stream(tmp: &Path) -> Vec<u8> {
         "-i",
         "testsrc=size=160x120:rate=25",
         "-frames:v",
-        "50",
+        &frames.to_string(),
         "-c:v",
         "libx264",
         "-preset",
@@ -294,7 +295,7 @@ fn run_stream(tmp: &Path, url: &str, extra: &str) -> (serde_json::Value, String,
 #[test]
 fn a_dropped_stream_ends_cleanly_or_reconnects_as_configured() {
     let tmp = tempfile::tempdir().unwrap();
-    let body = stream(tmp.path());
+    let body = stream(tmp.path(), 50);
     let half = body.len() / 2 / 188 * 188;
 
     // Without `reconnect`: the run ends at the drop, with what it read.
@@ -342,7 +343,7 @@ fn a_dropped_stream_ends_cleanly_or_reconnects_as_configured() {
 #[test]
 fn a_stalled_stream_counts_as_dropped() {
     let tmp = tempfile::tempdir().unwrap();
-    let body = stream(tmp.path());
+    let body = stream(tmp.path(), 50);
     let half = body.len() / 2 / 188 * 188;
     // The server sends half the stream, then nothing for 30 s without closing the connection.
     let url = flaky_server(body, half, Some(Duration::from_secs(30)), 0);
@@ -350,4 +351,72 @@ fn a_stalled_stream_counts_as_dropped() {
     assert!((5..50).contains(&r["frames_written"].as_u64().unwrap()));
     assert!(err.contains("sent nothing for 1000 ms"), "{err}");
     assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn sigterm_ends_a_run_waiting_on_a_silent_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 8 s of stream, 6 s of it sent: more than FFmpeg reads to find the stream's parameters (5 s), so
+    // the run is past opening and reading frames when the connection goes silent.
+    let body = stream(tmp.path(), 200);
+    let most = body.len() * 3 / 4 / 188 * 188;
+    let url = flaky_server(body, most, Some(Duration::from_secs(60)), 0);
+    let pipe = pipeline(
+        tmp.path(),
+        &format!("video: {url:?}, stall_timeout_ms: 60000"),
+        "sinks:\n  - { kind: jsonl, path: out/r.jsonl }\nruntime: { threads: 1 }\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vprompt"))
+        .args(["run", pipe.to_str().unwrap(), "--quiet"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first half is read, then the source waits on a connection that sends nothing.
+    let out = tmp.path().join("out");
+    let started = Instant::now();
+    while std::fs::read_to_string(out.join("r.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 5
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no frame was written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("SIGTERM did not end a run blocked on a silent stream");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let r = report(&out.join("report.json"));
+    let (_, lines) = outputs_are_whole(&out);
+    assert_eq!(Some(lines as u64), r["frames_written"].as_u64());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
 }
