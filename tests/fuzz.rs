@@ -46,7 +46,46 @@ const TARGETS: &[Target] = &[
     target("model_yaml", "fuzz/model.yaml", model_yaml, YAML, false),
     target("label_png", "fuzz/mask.png", label_png, PNG, true),
     target("image", "fuzz/frame.jpg", image, PNG, true),
+    target(
+        "exemplars_json",
+        "fuzz/exemplars.json",
+        exemplars_json,
+        JSON,
+        false,
+    ),
+    target(
+        "exemplars_yaml",
+        "fuzz/exemplars.yaml",
+        exemplars_yaml,
+        YAML,
+        false,
+    ),
 ];
+
+/// Exemplars (COCO JSON or YAML), each then rasterised on a 64x48 image (polygons, RLE, boxes, prompts).
+fn exemplars(data: &[u8], file: &str) -> Result<(), vprompt::Error> {
+    let path = Path::new(file);
+    let set = vprompt::bank::ExemplarSet::parse(data, path, Some(Path::new("fuzz")))?;
+    for img in &set.images {
+        for o in &img.objects {
+            o.shape
+                .rasterize(64, 48)
+                .map_err(|msg| vprompt::Error::Prompt {
+                    path: path.to_path_buf(),
+                    msg,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+fn exemplars_json(data: &[u8]) -> Result<(), vprompt::Error> {
+    exemplars(data, "fuzz/exemplars.json")
+}
+
+fn exemplars_yaml(data: &[u8]) -> Result<(), vprompt::Error> {
+    exemplars(data, "fuzz/exemplars.yaml")
+}
 
 const fn target(
     name: &'static str,
@@ -207,6 +246,34 @@ const YAML: &[&str] = &[
     "---\n",
     "...\n",
     "%YAML 1.1\n",
+];
+
+const JSON: &[&str] = &[
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"images\"",
+    "\"annotations\"",
+    "\"categories\"",
+    "\"id\"",
+    "\"image_id\"",
+    "\"category_id\"",
+    "\"segmentation\"",
+    "\"counts\"",
+    "\"size\"",
+    "\"bbox\"",
+    "\"iscrowd\"",
+    "\"file_name\"",
+    "\"width\"",
+    "\"height\"",
+    "1e308",
+    "-1",
+    "0",
+    "null",
+    "4294967295",
 ];
 
 const PNG: &[&str] = &[

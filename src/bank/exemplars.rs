@@ -62,11 +62,31 @@ impl ExemplarSet {
     /// Reads a COCO JSON (`.json`) or an exemplar YAML (`.yaml`/`.yml`). COCO images resolve against
     /// `images_dir` (default: the JSON's folder).
     pub fn load(path: &Path, images_dir: Option<&Path>) -> Result<Self, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Prompt {
+            path: path.to_path_buf(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        let set = Self::parse(&bytes, path, images_dir)?;
+        for img in &set.images {
+            if !img.path.is_file() {
+                return Err(Error::Prompt {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "image {} not found; give the folder that holds the exemplar images (--exemplar-images)",
+                        img.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(set)
+    }
+
+    /// As [`ExemplarSet::load`], from the file's bytes, without looking for the images.
+    pub fn parse(bytes: &[u8], path: &Path, images_dir: Option<&Path>) -> Result<Self, Error> {
         let err = |msg: String| Error::Prompt {
             path: path.to_path_buf(),
             msg,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let is_json = path
             .extension()
             .and_then(|e| e.to_str())
@@ -75,10 +95,10 @@ impl ExemplarSet {
             let base = images_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
-            parse_coco(&bytes, &base).map_err(err)?
+            parse_coco(bytes, &base).map_err(err)?
         } else {
             let base = path.parent().unwrap_or(Path::new("."));
-            parse_yaml(&bytes, images_dir.unwrap_or(base)).map_err(err)?
+            parse_yaml(bytes, images_dir.unwrap_or(base)).map_err(err)?
         };
         let count: usize = set.1.iter().map(|i| i.objects.len()).sum();
         if count == 0 {
@@ -91,14 +111,6 @@ impl ExemplarSet {
             return Err(err(format!(
                 "{count} exemplars; at most {MAX_EXEMPLARS} are supported, draw a sample first"
             )));
-        }
-        for img in &set.1 {
-            if !img.path.is_file() {
-                return Err(err(format!(
-                    "image {} not found; give the folder that holds the exemplar images (--exemplar-images)",
-                    img.path.display()
-                )));
-            }
         }
         Ok(ExemplarSet {
             file: path.to_path_buf(),
@@ -396,6 +408,12 @@ fn parse_yaml(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
                 negative_points: o.negative_points,
                 scribbles: o.scribbles,
             };
+            // The same checks as a propagate prompt (finite coordinates, sizes, limits).
+            crate::prompt::PromptFile {
+                objects: vec![prompt.clone()],
+            }
+            .check()
+            .map_err(|e| format!("{origin}: {}", e.trim_start_matches("object 1: ")))?;
             objects.push(ExemplarObject {
                 category: k as u32 + 1,
                 origin,

@@ -13,8 +13,11 @@ pub fn polygon_runs(xy: &[f64], width: u32, height: u32) -> Vec<u32> {
     if k == 0 || w == 0 || h == 0 {
         return vec![(w * h) as u32];
     }
-    // Vertices on the fine grid, rounded half up (C's truncating cast after +0.5), closed.
-    let fine = |v: f64| (SCALE * v + 0.5) as i64;
+    // Vertices on the fine grid, rounded half up (C's truncating cast after +0.5), closed. Coordinates
+    // far outside the image (beyond its width plus height) are clamped there, so that the walk along the
+    // outline stays bounded whatever a file says; real annotations never come near.
+    let far = (w + h) as f64;
+    let fine = |v: f64| (SCALE * v.clamp(-far, 2.0 * far) + 0.5) as i64;
     let xs: Vec<i64> = (0..=k).map(|j| fine(xy[2 * (j % k)])).collect();
     let ys: Vec<i64> = (0..=k).map(|j| fine(xy[2 * (j % k) + 1])).collect();
 

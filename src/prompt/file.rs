@@ -138,7 +138,7 @@ impl PromptFile {
         Ok(file)
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.objects.is_empty() {
             return Err("`objects` is empty; list at least one object".into());
         }
