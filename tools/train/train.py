@@ -179,13 +179,21 @@ def BatchStream(sampler, B):
                                        persistent_workers=True)
 
 
-def param_groups(model, lr, bb_lr, wd):
-    bb, other = [], []
+def param_groups(model, lr, bb_lr, wd, cls_lr=0.0):
+    """backbone / heads; with cls_lr > 0 the two classifier scalars (logit_bias, logit_scale) get their own group
+    (that lr, no weight decay): at the heads' lr they hardly move in ~1k steps."""
+    bb, other, cls = [], [], []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (bb if n.startswith("encoder.backbone.") else other).append(p)
-    return [dict(params=bb, lr=bb_lr, base_lr=bb_lr), dict(params=other, lr=lr, base_lr=lr)]
+        if cls_lr > 0 and n in ("logit_bias", "logit_scale"):
+            cls.append(p)
+        else:
+            (bb if n.startswith("encoder.backbone.") else other).append(p)
+    groups = [dict(params=bb, lr=bb_lr, base_lr=bb_lr), dict(params=other, lr=lr, base_lr=lr)]
+    if cls:
+        groups.append(dict(params=cls, lr=cls_lr, base_lr=cls_lr, weight_decay=0.0))
+    return groups
 
 
 def freeze_early(model, upto_block=4):
@@ -238,6 +246,13 @@ def main():
     ap.add_argument("--G", type=int, default=50)
     ap.add_argument("--K", type=int, default=2)
     ap.add_argument("--train-points", type=int, default=128, help="random subset of the 20x20 grid per step (speed)")
+    ap.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (also after --init / a resume of a fresh run)")
+    ap.add_argument("--cls-lr", type=float, default=0.0,
+                    help="own lr (no weight decay) for logit_bias / logit_scale; 0 = same group as the heads (first run)")
+    ap.add_argument("--mix", default="0.5,0.1,0.2,0.2",
+                    help="item weights: cross-frame DAVIS referring, DAVIS self-referring, COCO self-referring, COCO generic")
+    ap.add_argument("--neg-frac", type=float, default=0.0,
+                    help="share of generic items with a class absent from the target (all-negative classification)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -252,8 +267,10 @@ def main():
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     freeze_early(model)
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(param_groups(model, args.lr, args.bb_lr, args.wd), weight_decay=args.wd)
-    sampler = Sampler(args.size, seed=args.seed)
+    opt = torch.optim.AdamW(param_groups(model, args.lr, args.bb_lr, args.wd, args.cls_lr), weight_decay=args.wd)
+    mix = tuple(float(x) for x in args.mix.split(","))
+    assert len(mix) == 4
+    sampler = Sampler(args.size, seed=args.seed, weights=mix, neg_frac=args.neg_frac)
     ck = os.path.join(args.out, "ckpt.pt")
     step, elapsed, images_seen = 0, 0.0, 0
     if os.path.exists(ck):
@@ -275,7 +292,7 @@ def main():
     nacc = 0
     t_log = time.time()
     img_log = 0
-    warm = 50
+    warm = max(1, args.warmup)
     while True:
         elapsed = time.time() - t_start
         if elapsed >= budget or (args.max_steps and step >= args.max_steps):

@@ -206,6 +206,7 @@ class Coco:
         self.root = root
         self.items = []  # (file, [ (cat, ann) ... ])
         self.by_cat = {}
+        self.all_cats = []
         for f in files:
             iid = name2id[f]
             anns = [a for a in self.coco.imgToAnns[iid] if not a.get("iscrowd", 0) and a["area"] > 64]
@@ -213,6 +214,7 @@ class Coco:
                 continue
             k = len(self.items)
             self.items.append((f, anns))
+            self.all_cats.append({a["category_id"] for a in self.coco.imgToAnns[iid]})  # incl. crowd / tiny
             for a in anns:
                 self.by_cat.setdefault(a["category_id"], set()).add(k)
         self._cache = {}
@@ -238,8 +240,9 @@ def _paste(img, masks, src_img, src_mask):
 
 
 class Sampler:
-    def __init__(self, size=256, seed=0, weights=(0.5, 0.1, 0.2, 0.2)):
+    def __init__(self, size=256, seed=0, weights=(0.5, 0.1, 0.2, 0.2), neg_frac=0.0):
         self.S = size
+        self.neg_frac = neg_frac  # share of generic items whose class is absent from the target (all-negative labels)
         self.rng = random.Random(seed)
         self.davis = Davis(davis_train_sequences())
         pool, _ = coco_split()
@@ -319,6 +322,13 @@ class Sampler:
                 continue
             c = rng.choice(cats_ok)
             targets = [i for i, cc in enumerate(cats) if cc == c and area[i] > 0]
+            if self.neg_frac and rng.random() < self.neg_frac:
+                # negative item: exemplars of a pool class that does not occur in the target image -> no targets;
+                # the generic queries must all score low against that class embedding
+                absent = sorted(set(self.coco.by_cat) - self.coco.all_cats[k])
+                if absent:
+                    c = rng.choice(absent)
+                    targets = []
             n = rng.randint(1, nmax)
             refs, rmasks = [], []
             cands = sorted(self.coco.by_cat[c])
