@@ -69,6 +69,23 @@ fn model_bound(
     Ok(inputs.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Runs a pipeline from its YAML text (written to nowhere; `path` anchors relative paths), from scratch.
+fn run_pipeline(yaml: &str, path: &Path) -> Result<RunReport> {
+    let spec = PipelineSpec::parse(yaml, path, &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(run(
+        spec,
+        RunOptions {
+            stop: Arc::new(AtomicBool::new(false)),
+            restart: true,
+            ..Default::default()
+        },
+    ))?)
+}
+
 /// Runs a Python baseline script; returns its frames/s and peak RSS.
 fn python_baseline(script: &str, args: &[String]) -> Result<(f64, Option<f64>)> {
     let script = Path::new(script);
@@ -164,18 +181,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         (threads / a.workers).max(1),
         a.device
     );
-    let spec = PipelineSpec::parse(&yaml, &out.join("pipeline.yaml"), &[])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let report: RunReport = rt.block_on(run(
-        spec,
-        RunOptions {
-            stop: Arc::new(AtomicBool::new(false)),
-            ..Default::default()
-        },
-    ))?;
+    let report = run_pipeline(&yaml, &out.join("pipeline.yaml"))?;
     let fps_b = report.fps;
 
     // (c) the Python way.
@@ -338,19 +344,7 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
         (threads / a.workers).max(1),
         a.device
     );
-    let spec = PipelineSpec::parse(&yaml, &out.join("autolabel.yaml"), &[])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let report: RunReport = rt.block_on(run(
-        spec,
-        RunOptions {
-            stop: Arc::new(AtomicBool::new(false)),
-            restart: true,
-            ..Default::default()
-        },
-    ))?;
+    let report = run_pipeline(&yaml, &out.join("autolabel.yaml"))?;
 
     // (c) the Python way.
     let python = if a.python {
