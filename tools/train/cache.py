@@ -1,0 +1,263 @@
+"""Cache the frozen encoder's features of fixed augmented views, for training the local decoder fast.
+
+The encoder (EfficientNet-Lite0 + FPN) and the prompt encoder of the shipped checkpoint stay frozen; what is
+trained on top (vp/local.py: mask-feature adapter + local query decoder) reads only these tensors, so every
+view is encoded once here instead of once per step.
+
+Every source gives two views (two independent augmentations of one composite, or two frames of one DAVIS
+sequence). Each view stores its features, its instance label map and, per instance, the prompt embedding of
+that instance computed on the OTHER view (the cross-view matching target).
+
+python3 cache.py --out cache/v1 --duts 6000 --coco-rep 10 --davis 1200
+"""
+import argparse
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
+from vp.data import DATA, Aug, Coco, Davis, coco_split, davis_train_sequences, load_mask, load_rgb
+from vp.model import VPrompt
+
+IGNORE = 255
+
+
+def duts_train_stems():
+    root = os.path.join(DATA, "duts-tr-256")
+    dev = set(open(os.path.join(root, "dev-val.txt")).read().split())
+    stems = sorted(f[:-4] for f in os.listdir(os.path.join(root, "images")) if f.endswith(".jpg"))
+    return [s for s in stems if s not in dev], root
+
+
+def components(mask, min_frac=0.01):
+    """bool [H,W] -> list of bool masks: connected parts of at least min_frac of the image; the rest is
+    returned as an 'ignore' mask (too small to be an instance, not background either)."""
+    lab, n = ndimage.label(mask)
+    H, W = mask.shape
+    parts, ignore = [], np.zeros_like(mask)
+    for i in range(1, n + 1):
+        m = lab == i
+        if m.sum() >= min_frac * H * W:
+            parts.append(m)
+        else:
+            ignore |= m
+    return parts, ignore
+
+
+def paste(img, masks, ignore, obj_img, obj_mask, rng):
+    """Paste an object (cut by its mask) onto img [3,H,W] at a random scale and place; occludes what is under it."""
+    _, H, W = img.shape
+    ys, xs = np.nonzero(obj_mask.numpy())
+    if len(ys) == 0:
+        return img, masks, ignore
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    oi = obj_img[:, y0:y1, x0:x1]
+    om = obj_mask[y0:y1, x0:x1].float()
+    s = rng.uniform(0.25, 0.6) * max(H, W) / max(y1 - y0, x1 - x0)
+    nh, nw = max(8, min(H, round((y1 - y0) * s))), max(8, min(W, round((x1 - x0) * s)))
+    oi = F.interpolate(oi[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    om = F.interpolate(om[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    py, px = rng.randint(0, H - nh), rng.randint(0, W - nw)
+    full = torch.zeros(H, W, dtype=torch.bool)
+    full[py:py + nh, px:px + nw] = om
+    canvas = torch.zeros_like(img)
+    canvas[:, py:py + nh, px:px + nw] = oi
+    img = torch.where(full[None], canvas, img)
+    masks = [m & ~full for m in masks] + [full]
+    ignore = ignore & ~full
+    return img, masks, ignore
+
+
+class Sources:
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.duts, self.duts_root = duts_train_stems()
+        pool, _ = coco_split()
+        self.coco = Coco(pool)
+        self.davis = Davis(davis_train_sequences())
+
+    def duts_item(self, stem):
+        img = load_rgb(os.path.join(self.duts_root, "images", stem + ".jpg"))
+        m = load_mask(os.path.join(self.duts_root, "masks", stem + ".png")).numpy()
+        parts, ign = components(m)
+        return img, [torch.from_numpy(p) for p in parts], torch.from_numpy(ign)
+
+    def random_object(self):
+        """an object for pasting: a DUTS salient part or a COCO pool instance, in its own image's pixels."""
+        rng = self.rng
+        for _ in range(10):
+            if rng.random() < 0.7:
+                img, parts, _ = self.duts_item(rng.choice(self.duts))
+                if parts:
+                    return img, parts[rng.randrange(len(parts))]
+            else:
+                img, masks, _ = self.coco.load(rng.randrange(len(self.coco.items)))
+                i = rng.randrange(masks.shape[0])
+                if masks[i].sum() > 400:
+                    return img, masks[i]
+        return None
+
+    def composite(self, img, masks, ignore, n_paste):
+        for _ in range(n_paste):
+            o = self.random_object()
+            if o is not None:
+                img, masks, ignore = paste(img, masks, ignore, o[0], o[1], self.rng)
+        return img, masks, ignore
+
+
+def label_map(masks, ignore, min_area):
+    """bool [n,S,S] (later ones on top), ignore [S,S] -> uint8 label [S,S] (0 bg, i+1 instance i, 255 ignore),
+    the kept instance indices."""
+    S = ignore.shape[-1]
+    lab = torch.zeros(S, S, dtype=torch.uint8)
+    lab[ignore] = IGNORE
+    kept = []
+    for i in range(masks.shape[0]):
+        m = masks[i]
+        if m.sum() >= min_area:
+            kept.append(i)
+        lab[m] = len(kept) if m.sum() >= min_area else IGNORE
+    return lab, kept
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ckpt", default=os.path.join(os.path.dirname(__file__), "checkpoints/last.pt"))
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--duts", type=int, default=6000, help="DUTS train sources (2 views each)")
+    ap.add_argument("--coco-rep", type=int, default=10, help="composites per COCO128 pool image (2 views each)")
+    ap.add_argument("--davis", type=int, default=1200, help="DAVIS train frame pairs")
+    ap.add_argument("--chunk", type=int, default=512, help="views per chunk file")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    os.makedirs(args.out, exist_ok=True)
+    S = args.size
+    min_area = (S / 64) ** 2 * 4
+
+    st = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    model = VPrompt(**st.get("cfg", {}))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in st["model"].items()})
+    model.eval()
+
+    src = Sources(args.seed)
+    rng = src.rng
+    aug = Aug(S, rng)
+    jobs = [("duts", s) for s in rng.sample(src.duts, min(args.duts, len(src.duts)))]
+    jobs += [("coco", k) for k in range(len(src.coco.items)) for _ in range(args.coco_rep)]
+    jobs += [("davis", None)] * args.davis
+    rng.shuffle(jobs)
+
+    def pair(kind, key):
+        """-> two (image [3,S,S], masks bool [n,S,S], ignore [S,S]) views with the same instance order."""
+        if kind == "davis":
+            seq = rng.choice(list(src.davis.seqs))
+            fr = src.davis.seqs[seq]
+            i = rng.randrange(len(fr))
+            gap = rng.choice([1, 3, 5, 10, 20, 40, 80])
+            j = min(len(fr) - 1, max(0, i + rng.randint(-gap, gap)))
+            views = []
+            obj = src.random_object() if rng.random() < 0.4 else None
+            for f in (fr[i], fr[j]):
+                img, m = src.davis.img(seq, f), src.davis.mask(seq, f)
+                masks, ign = [m], torch.zeros_like(m)
+                if obj is not None:
+                    state = rng.getstate()
+                    img, masks, ign = paste(img, masks, ign, obj[0], obj[1], random.Random(i))
+                    rng.setstate(state)
+                views.append((img, masks, ign))
+        else:
+            if kind == "duts":
+                img, masks, ign = src.duts_item(key)
+            else:
+                img, cm, _ = src.coco.load(key)
+                masks, ign = list(cm), torch.zeros(img.shape[1:], dtype=torch.bool)
+            img, masks, ign = src.composite(img, masks, ign, rng.choice([0, 1, 1, 2, 2, 3]))
+            views = [(img, masks, ign)] * 2
+        out = []
+        for img, masks, ign in views:
+            stack = torch.stack(list(masks) + [ign]) if masks else ign[None]
+            a, m = aug(img, stack)
+            out.append((a, m[:-1], m[-1]))
+        return out
+
+    t0 = time.time()
+    n_chunks = 0
+    for c0 in range(0, len(jobs), args.chunk // 2):
+        path = os.path.join(args.out, f"chunk{n_chunks:04d}")
+        if os.path.exists(path + ".json"):
+            n_chunks += 1
+            continue
+        views = []  # (img, lab, kept masks)
+        pairs = []
+        for kind, key in jobs[c0:c0 + args.chunk // 2]:
+            pv = pair(kind, key)
+            labs = [label_map(m, ig, min_area) for _, m, ig in pv]
+            # instances kept in both views (index in the composite's mask list)
+            both = [i for i in labs[0][1] if i in labs[1][1]]
+            if not both:
+                continue
+            for v in range(2):
+                img, m, ig = pv[v]
+                lab, kept = labs[v]
+                views.append(dict(img=img, lab=lab, masks=m, kept=kept, both=both, kind=kind))
+            pairs.append((len(views) - 2, len(views) - 1))
+        imgs = torch.stack([v["img"] for v in views])
+        feats = []
+        with torch.no_grad():
+            for b in range(0, len(views), 32):
+                x = imgs[b:b + 32].contiguous(memory_format=torch.channels_last)
+                feats.append([t.contiguous() for t in model.encoder(x)])
+            f8, f16, f32, mf = (torch.cat([f[i] for f in feats]) for i in range(4))
+            # prompt embedding of every kept instance on its view (mask prompt)
+            pv_idx, pm = [], []
+            for vi, v in enumerate(views):
+                for i in v["kept"]:
+                    pv_idx.append(vi)
+                    pm.append(v["masks"][i].float())
+            pe = []
+            for b in range(0, len(pm), 64):
+                ii = torch.tensor(pv_idx[b:b + 64])
+                pe.append(model.prompt_encoder((f8[ii], f16[ii], f32[ii]), torch.stack(pm[b:b + 64])[:, None]))
+            pe = torch.cat(pe)
+        emb = {}
+        for k, (vi, i) in enumerate(zip(pv_idx, [i for v in views for i in v["kept"]])):
+            emb[(vi, i)] = pe[k]
+        meta = []
+        cross = np.zeros((len(views), 16, 64), np.float16)  # embedding of instance (label l) from the other view
+        selfe = np.zeros((len(views), 16, 64), np.float16)
+        for a, b in pairs:
+            for v, o in ((a, b), (b, a)):
+                kept = views[v]["kept"][:16]
+                for li, i in enumerate(kept):
+                    selfe[v, li] = emb[(v, i)].numpy()
+                    if (o, i) in emb:
+                        cross[v, li] = emb[(o, i)].numpy()
+                meta.append(dict(kind=views[v]["kind"], n=len(kept), pair=o,
+                                 has_cross=[(o, i) in emb for i in kept]))
+        lab = torch.stack([v["lab"] for v in views]).numpy()
+        lab = np.where(lab > 16, IGNORE, lab).astype(np.uint8)  # instances past 16: not background, ignored
+        np.save(path + ".f8.npy", f8.half().numpy())
+        np.save(path + ".f16.npy", f16.half().numpy())
+        np.save(path + ".f32.npy", f32.half().numpy())
+        np.save(path + ".mf.npy", mf.half().numpy())
+        np.save(path + ".lab.npy", lab)
+        np.save(path + ".cross.npy", cross)
+        np.save(path + ".self.npy", selfe)
+        with open(path + ".json", "w") as f:
+            json.dump(meta, f)
+        n_chunks += 1
+        done = min(len(jobs), c0 + args.chunk // 2)
+        el = time.time() - t0
+        print(f"chunk {n_chunks}: {len(views)} views, sources {done}/{len(jobs)}, {2 * done / el:.1f} views/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
