@@ -1,6 +1,7 @@
-//! Post-processing: point grid, box NMS, masks from kept queries, COCO RLE and polygons.
+//! Post-processing: point grid, box NMS, masks from kept queries, COCO RLE and polygons, distances.
 //! Matching queries to prompts is `decode/`; writing files is `sink/`.
 
+pub mod distance;
 pub mod grid;
 pub mod mask;
 pub mod nms;
