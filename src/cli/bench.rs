@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::model::{Model, Preprocessor, SessionOptions, Tensor};
+use crate::model::{Model, Preprocessor, QueryAnchor, SessionOptions, Tensor};
 use crate::pipeline::{run, RunOptions, RunReport};
 use crate::post::PointGrid;
 use crate::spec::PipelineSpec;
@@ -48,7 +48,7 @@ fn model_bound(
     model: &Model,
     inputs: &[Vec<f32>],
     batch: usize,
-    points: &[[f32; 2]],
+    points: &[QueryAnchor],
 ) -> Result<f64> {
     let s = model.input_size() as usize;
     let run_model = |chunk: &[Vec<f32>]| -> Result<()> {
@@ -158,7 +158,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     anyhow::ensure!(!inputs.is_empty(), "the video gave no frame");
     let grid = PointGrid::new(model.spec.queries.grid);
-    let fps_a = model_bound(&model, &inputs, a.batch, &grid.points)?;
+    let fps_a = model_bound(&model, &inputs, a.batch, &grid.anchors())?;
     drop(model);
 
     // (b) vprompt end to end: decode -> model -> track -> palette PNGs.
@@ -331,7 +331,7 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
     }
     anyhow::ensure!(!inputs.is_empty(), "{} holds no image", dir.display());
     let n = inputs.len();
-    let fps_a = model_bound(&model, &inputs, a.batch, &[[0.5, 0.5]])?;
+    let fps_a = model_bound(&model, &inputs, a.batch, &[QueryAnchor::point(0.5, 0.5)])?;
     drop((model, inputs));
 
     // (b) vprompt end to end.

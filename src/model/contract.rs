@@ -73,6 +73,33 @@ pub struct TensorSpec {
     pub shape: Vec<Dim>,
 }
 
+/// The decoder's interactive query input: which of the two forms of the contract a model declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryInput {
+    /// `points f32 [N,2]`: `(x, y)` per row; the decoder makes its own anchor box around each point.
+    Points,
+    /// `anchors f32 [N,4]`: `(cx, cy, w, h)` per row; `w = h = 0` is a point, `w, h > 0` a box.
+    Anchors,
+}
+
+impl QueryInput {
+    /// The decoder input's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryInput::Points => names::POINTS,
+            QueryInput::Anchors => names::ANCHORS,
+        }
+    }
+
+    /// Values per row.
+    pub fn width(self) -> usize {
+        match self {
+            QueryInput::Points => 2,
+            QueryInput::Anchors => 4,
+        }
+    }
+}
+
 /// One dimension of a tensor: a fixed size or a named, possibly dynamic one (`batch`, `points`, ...).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -112,6 +139,7 @@ pub mod names {
     pub const PROMPT_MASK: &str = "prompt_mask";
     pub const PROMPT_EMBED: &str = "prompt_embed";
     pub const POINTS: &str = "points";
+    pub const ANCHORS: &str = "anchors";
     pub const PRED_IOU: &str = "pred_iou";
     pub const PRED_BOXES: &str = "pred_boxes";
     pub const QUERY_EMBED: &str = "query_embed";
@@ -193,12 +221,13 @@ impl ModelSpec {
         need(
             "decoder",
             &g.decoder,
-            &[POINTS],
+            &[],
             &[PRED_IOU, PRED_BOXES, QUERY_EMBED, MASK_EMBED],
         )?;
+        let query = self.query_input_checked().map_err(bad)?;
         for (graph, spec, own) in [
             ("prompt_encoder", &g.prompt_encoder, PROMPT_MASK),
-            ("decoder", &g.decoder, POINTS),
+            ("decoder", &g.decoder, query.name()),
         ] {
             for t in &spec.inputs {
                 if t.name != own && !g.encoder.outputs.iter().any(|o| o.name == t.name) {
@@ -209,12 +238,58 @@ impl ModelSpec {
                 }
             }
         }
+        // The mask embedding is dotted with the mask features: the same M on both sides.
+        let mask_embed = g.decoder.outputs.iter().find(|t| t.name == MASK_EMBED);
+        let m_embed = mask_embed.and_then(|t| t.fixed(2));
+        let m_feat = self.mask_feat_dims().map(|(m, _)| m);
+        if let (Some(a), Some(b)) = (m_embed, m_feat) {
+            if a != b {
+                return Err(bad(format!(
+                    "graphs.decoder.outputs: `mask_embed` has {a} channels but the encoder's `mask_feat` \
+                     has {b}; they must be equal"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// Number of queries the decoder returns for `points` point queries.
-    pub fn query_count(&self, points: usize) -> usize {
-        self.queries.generic + points * self.queries.levels
+    /// The decoder's interactive query input (`points` or `anchors`), as `model.yaml` declares it.
+    pub fn query_input(&self) -> QueryInput {
+        self.query_input_checked().unwrap_or(QueryInput::Points)
+    }
+
+    fn query_input_checked(&self) -> Result<QueryInput, String> {
+        let inputs = &self.graphs.decoder.inputs;
+        let find = |n: &str| inputs.iter().find(|t| t.name == n);
+        let (kind, t) = match (find(names::POINTS), find(names::ANCHORS)) {
+            (Some(t), None) => (QueryInput::Points, t),
+            (None, Some(t)) => (QueryInput::Anchors, t),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "graphs.decoder.inputs lists both `points` and `anchors`; a decoder takes one of them"
+                        .into(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "graphs.decoder.inputs must list `points` ([N, 2]) or `anchors` ([N, 4])".into(),
+                )
+            }
+        };
+        let width = kind.width();
+        if t.shape.len() != 2 || t.fixed(1) != Some(width) {
+            return Err(format!(
+                "graphs.decoder.inputs: `{}` is declared {}; it must be [N, {width}] with the integer {width}",
+                t.name,
+                t.shape_text()
+            ));
+        }
+        Ok(kind)
+    }
+
+    /// Number of queries the decoder returns for `rows` interactive query rows (points or anchors).
+    pub fn query_count(&self, rows: usize) -> usize {
+        self.queries.generic + rows * self.queries.levels
     }
 
     /// Stride-4 mask feature channels (M) and grid side, from the encoder's `mask_feat`.
@@ -286,4 +361,100 @@ pub fn check_tensors(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small `model.yaml` whose decoder takes `query` (a YAML tensor line) and whose masks have `m`
+    /// channels in the encoder and `me` in the decoder.
+    fn yaml(query: &str, m: usize, me: usize) -> String {
+        format!(
+            "name: t\ninput: {{ size: 64, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] }}\n\
+             queries: {{ generic: 4, grid: 20, levels: 3 }}\nclassifier: {{ logit_scale: 10.0 }}\n\
+             graphs:\n  encoder:\n    file: e.onnx\n    inputs: [ {{ name: image, type: f32, shape: [batch, 3, 64, 64] }} ]\n\
+             \x20   outputs:\n      - {{ name: feat8, type: f32, shape: [batch, 8, 8, 8] }}\n\
+             \x20     - {{ name: mask_feat, type: f32, shape: [batch, {m}, 16, 16] }}\n\
+             \x20 prompt_encoder:\n    file: p.onnx\n    inputs:\n      - {{ name: feat8, type: f32, shape: [1, 8, 8, 8] }}\n\
+             \x20     - {{ name: prompt_mask, type: f32, shape: [prompts, 1, 64, 64] }}\n\
+             \x20   outputs: [ {{ name: prompt_embed, type: f32, shape: [prompts, 16] }} ]\n\
+             \x20 decoder:\n    file: d.onnx\n    inputs:\n      - {{ name: feat8, type: f32, shape: [batch, 8, 8, 8] }}\n\
+             \x20     - {query}\n    outputs:\n      - {{ name: pred_iou, type: f32, shape: [batch, queries] }}\n\
+             \x20     - {{ name: pred_boxes, type: f32, shape: [batch, queries, 4] }}\n\
+             \x20     - {{ name: query_embed, type: f32, shape: [batch, queries, 16] }}\n\
+             \x20     - {{ name: mask_embed, type: f32, shape: [batch, queries, {me}] }}\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<ModelSpec, String> {
+        ModelSpec::parse(text, Path::new("model.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn both_query_forms_are_read() {
+        let points = parse(&yaml(
+            "{ name: points, type: f32, shape: [points, 2] }",
+            32,
+            32,
+        ))
+        .unwrap();
+        assert_eq!(points.query_input(), QueryInput::Points);
+        let anchors = parse(&yaml(
+            "{ name: anchors, type: f32, shape: [anchors, 4] }",
+            64,
+            64,
+        ))
+        .unwrap();
+        assert_eq!(anchors.query_input(), QueryInput::Anchors);
+        assert_eq!(anchors.mask_feat_dims(), Some((64, 16)));
+        assert_eq!(anchors.query_count(400), 4 + 400 * 3);
+    }
+
+    #[test]
+    fn wrong_query_inputs_are_refused() {
+        let e = parse(&yaml(
+            "{ name: anchors, type: f32, shape: [anchors, 2] }",
+            32,
+            32,
+        ))
+        .unwrap_err();
+        assert!(e.contains("`anchors` is declared [anchors, 2]"), "{e}");
+        assert!(e.contains("[N, 4]"), "{e}");
+        let e = parse(&yaml(
+            "{ name: points, type: f32, shape: [points, dims] }",
+            32,
+            32,
+        ))
+        .unwrap_err();
+        assert!(e.contains("[N, 2]"), "{e}");
+        let e = parse(&yaml(
+            "{ name: feat16, type: f32, shape: [batch, 8, 4, 4] }",
+            32,
+            32,
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("must list `points` ([N, 2]) or `anchors`"),
+            "{e}"
+        );
+        let both = yaml("{ name: points, type: f32, shape: [points, 2] }", 32, 32).replace(
+            "      - { name: points",
+            "      - { name: anchors, type: f32, shape: [anchors, 4] }\n      - { name: points",
+        );
+        let e = parse(&both).unwrap_err();
+        assert!(e.contains("both `points` and `anchors`"), "{e}");
+    }
+
+    #[test]
+    fn mask_channels_must_agree() {
+        let e = parse(&yaml(
+            "{ name: anchors, type: f32, shape: [anchors, 4] }",
+            64,
+            32,
+        ))
+        .unwrap_err();
+        assert!(e.contains("`mask_embed` has 32 channels"), "{e}");
+        assert!(e.contains("`mask_feat` has 64"), "{e}");
+    }
 }

@@ -6,7 +6,7 @@ pub mod letterbox;
 pub mod runtime;
 pub mod session;
 
-pub use contract::ModelSpec;
+pub use contract::{ModelSpec, QueryInput};
 pub use letterbox::{Letterbox, Preprocessor};
 pub use runtime::Device;
-pub use session::{Features, Model, Queries, SessionOptions, Tensor};
+pub use session::{Features, Model, Queries, QueryAnchor, SessionOptions, Tensor};

@@ -8,7 +8,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
-use super::contract::{check_tensors, names, GraphSpec, ModelSpec};
+use super::contract::{check_tensors, names, GraphSpec, ModelSpec, QueryInput};
 use super::runtime::{cuda_compiled_in, ensure_loaded, Device};
 use crate::error::{Error, Result};
 
@@ -62,6 +62,49 @@ impl Tensor {
             data.extend_from_slice(&t.data);
         }
         Tensor::new(shape, data)
+    }
+}
+
+/// One interactive query row of the decoder, `cxcywh` normalised to `[0,1]` of the model input: a point
+/// when `w = h = 0` (the decoder sizes its K anchors itself), a box when `w, h > 0` (its K queries are all
+/// anchored on the box).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryAnchor {
+    pub cxcywh: [f32; 4],
+}
+
+impl QueryAnchor {
+    /// A point `(x, y)`, normalised to the model input.
+    pub fn point(x: f32, y: f32) -> Self {
+        QueryAnchor {
+            cxcywh: [x, y, 0.0, 0.0],
+        }
+    }
+
+    /// A box `xyxy`, normalised to the model input; a box without area is its centre point.
+    pub fn from_xyxy(b: [f32; 4]) -> Self {
+        let (w, h) = (b[2] - b[0], b[3] - b[1]);
+        let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+        if w > 0.0 && h > 0.0 {
+            QueryAnchor {
+                cxcywh: [cx, cy, w, h],
+            }
+        } else {
+            QueryAnchor::point(cx, cy)
+        }
+    }
+
+    pub fn is_point(&self) -> bool {
+        self.cxcywh[2] <= 0.0 || self.cxcywh[3] <= 0.0
+    }
+
+    /// The row as the decoder input of `kind` takes it: `(x, y)` (a box becomes its centre) or
+    /// `(cx, cy, w, h)`.
+    pub fn row(&self, kind: QueryInput) -> &[f32] {
+        match kind {
+            QueryInput::Points => &self.cxcywh[..2],
+            QueryInput::Anchors => &self.cxcywh,
+        }
     }
 }
 
@@ -174,16 +217,27 @@ impl Model {
             .collect())
     }
 
-    /// Runs the decoder on a batch of frames' features with the given point queries (`[N,2]`, normalised).
-    pub fn decode(&self, feats: &[&Features], points: &[[f32; 2]]) -> Result<Vec<Queries>> {
-        let pts = Tensor::new(
-            vec![points.len(), 2],
-            points.iter().flat_map(|p| p.iter().copied()).collect(),
+    /// The decoder's interactive query input (`points` or `anchors`).
+    pub fn query_input(&self) -> QueryInput {
+        self.spec.query_input()
+    }
+
+    /// Runs the decoder on a batch of frames' features with the given interactive query rows. A decoder
+    /// that takes `points` gets each row's centre (a box prompt becomes its centre point); one that takes
+    /// `anchors` gets the rows as they are. Query `G + n*K + k` is row `n` at level `k`.
+    pub fn decode(&self, feats: &[&Features], anchors: &[QueryAnchor]) -> Result<Vec<Queries>> {
+        let kind = self.query_input();
+        let rows = Tensor::new(
+            vec![anchors.len(), kind.width()],
+            anchors
+                .iter()
+                .flat_map(|a| a.row(kind).iter().copied())
+                .collect(),
         );
         let stacked = stack_inputs(&self.decoder, feats)?;
         let mut inputs: Vec<(&str, &Tensor)> =
             stacked.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        inputs.push((names::POINTS, &pts));
+        inputs.push((kind.name(), &rows));
         let outs = run(&self.decoder, &inputs)?;
         let get = |n: &str| -> Result<&Tensor> {
             outs.iter()
@@ -201,12 +255,12 @@ impl Model {
             get(names::MASK_EMBED)?,
         );
         let b = feats.len();
-        let q = self.spec.query_count(points.len());
+        let q = self.spec.query_count(anchors.len());
         let shape_err = |n: &str, t: &Tensor| Error::Contract {
             graph: self.decoder.file.clone(),
             msg: format!(
                 "output `{n}` has shape {:?} at run time; expected batch {b} and {q} queries \
-                 (generic + points x levels)",
+                 (generic + rows x levels)",
                 t.shape
             ),
         };
@@ -275,7 +329,7 @@ impl Model {
 fn stack_inputs(graph: &Graph, feats: &[&Features]) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for t in &graph.spec.inputs {
-        if t.name == names::POINTS || t.name == names::PROMPT_MASK {
+        if t.name == names::POINTS || t.name == names::ANCHORS || t.name == names::PROMPT_MASK {
             continue;
         }
         let items: Vec<&Tensor> = feats

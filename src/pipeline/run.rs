@@ -20,7 +20,7 @@ use crate::bank::Bank;
 use crate::decode::{FrameObjects, Labeler, Tracker};
 use crate::error::{Error, Result};
 use crate::model::{
-    Device, Features, Letterbox, Model, Preprocessor, Queries, SessionOptions, Tensor,
+    Device, Features, Letterbox, Model, Preprocessor, Queries, QueryAnchor, SessionOptions, Tensor,
 };
 use crate::post::PointGrid;
 use crate::prompt::PromptFile;
@@ -352,9 +352,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     // Autolabel uses only the generic queries, which do not depend on the point queries: one point keeps
     // the decoder's interactive half as small as it gets.
     let grid_points = if autolabel {
-        vec![[0.5f32, 0.5]]
+        vec![QueryAnchor::point(0.5, 0.5)]
     } else {
-        PointGrid::new(model.spec.queries.grid).points
+        PointGrid::new(model.spec.queries.grid).anchors()
     };
     let mut model_tasks = Vec::new();
     for _ in 0..workers {
@@ -744,7 +744,7 @@ fn encode_batch(
     model: &Model,
     pre: &mut Preprocessor,
     items: &[Waiting],
-    points: &[[f32; 2]],
+    points: &[QueryAnchor],
 ) -> Result<Vec<(Letterbox, Features, Queries)>> {
     let s = pre.size() as usize;
     let per = 3 * s * s;

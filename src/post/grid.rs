@@ -1,6 +1,8 @@
 //! The interactive point grid: `g x g` cell centres, normalised to the model input, row-major.
 //! The decoder turns each point into K granularity queries; query order is defined in the contract.
 
+use crate::model::QueryAnchor;
+
 /// A uniform grid of point queries (DINOv uses 20 x 20).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointGrid {
@@ -17,6 +19,14 @@ impl PointGrid {
             .collect();
         PointGrid { side, points }
     }
+
+    /// The grid as decoder query rows: `(x, y, 0, 0)`, points.
+    pub fn anchors(&self) -> Vec<QueryAnchor> {
+        self.points
+            .iter()
+            .map(|p| QueryAnchor::point(p[0], p[1]))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -31,5 +41,8 @@ mod tests {
         assert_eq!(g.points[1], [0.075, 0.025]);
         assert_eq!(g.points[20], [0.025, 0.075]);
         assert_eq!(g.points[399], [0.975, 0.975]);
+        let a = g.anchors();
+        assert_eq!(a[1].cxcywh, [0.075, 0.025, 0.0, 0.0]);
+        assert!(a.iter().all(|a| a.is_point()));
     }
 }
