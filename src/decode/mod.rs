@@ -1,8 +1,9 @@
 //! From decoded queries to objects: DINOv's referring selection (predicted IoU, box NMS, softmax over
-//! match scores, top-1), the video tracker that keeps each object's memory, and generic in-context
-//! labeling against a prompt bank. Masks are `post/`.
+//! match scores, top-1), reference masks of prompts decoded where they are, the video tracker that keeps
+//! each object's memory, and generic in-context labeling against a prompt bank. Masks are `post/`.
 
 pub mod generic;
+pub mod reference;
 pub mod referring;
 pub mod track;
 

@@ -1,10 +1,12 @@
-//! The propagate job's per-frame step: start objects on their reference frames, match every object's
-//! memory against the frame's interactive queries, make masks for the winners only, give each pixel to
-//! one object, and write confident predictions back into the memories.
+//! The propagate job's per-frame step: start objects on their reference frames (prompts decoded where
+//! they are: `reference.rs`), match every object's memory against the frame's interactive queries, make
+//! masks for the winners only, give each pixel to one object, and write confident predictions back into
+//! the memories.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::reference::reference_mask;
 use super::referring::{candidates, dot, rank};
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Queries, Tensor};
@@ -27,9 +29,11 @@ pub struct ObjectResult {
     pub category: u32,
     pub mask: BinaryMask,
     /// Match score of the chosen query: cosine similarity of its embedding to the object's memory,
-    /// clamped to [0, 1] (1 on a mask-prompted reference frame, 0 when not found).
+    /// clamped to [0, 1] (1 on a reference frame, where the output is the reference mask; 0 when not
+    /// found).
     pub score: f32,
-    /// The chosen query's predicted IoU (mask quality), 1 on a mask-prompted reference frame.
+    /// The chosen query's predicted IoU (mask quality): on a reference frame the decoded prompt's
+    /// (1 for a mask prompt).
     pub pred_iou: f32,
     pub area: u64,
     /// Tight box in frame pixels, `xyxy`, `None` when the mask is empty.
@@ -93,7 +97,8 @@ impl Tracker {
         let size = self.model.input_size();
         let s2 = (size * size) as usize;
 
-        // Objects starting here: rasterise their prompts and pin the embeddings.
+        // Objects starting here: their reference masks (the given mask, the decoded prompt, or with
+        // `prompt_decode: false` the rasterised prompt), whose embeddings are pinned.
         let starting: Vec<_> = self
             .prompts
             .objects
@@ -101,23 +106,44 @@ impl Tracker {
             .filter(|o| o.frame == index && !self.memories.contains_key(&o.id))
             .cloned()
             .collect();
-        let mut given: BTreeMap<u8, BinaryMask> = BTreeMap::new();
+        // Reference masks that are this frame's output, with their predicted IoU.
+        let mut given: BTreeMap<u8, (BinaryMask, f32)> = BTreeMap::new();
         if !starting.is_empty() {
             let mut masks = Vec::with_capacity(starting.len() * s2);
-            let mut frame_masks = Vec::new();
             for o in &starting {
-                let m = rasterize(o, w, h)?;
+                // Rasterising also checks every coordinate of the prompt against the frame.
+                let mut m = rasterize(o, w, h)?;
+                if o.is_mask_only() {
+                    given.insert(o.id, (m.clone(), 1.0));
+                } else if self.job.prompt_decode && o.mask.is_none() {
+                    match reference_mask(&self.model, feats, lb, o)? {
+                        Some(c) => {
+                            if !c.fits {
+                                tracing::warn!(
+                                    "object {} on frame {}: no candidate mask holds every point of the \
+                                     prompt; the best-scored one is used",
+                                    o.id,
+                                    o.frame
+                                );
+                            }
+                            m = c.mask;
+                            given.insert(o.id, (m.clone(), c.pred_iou));
+                        }
+                        None => tracing::warn!(
+                            "object {} on frame {}: every candidate mask of the prompt is empty; the \
+                             rasterised prompt is used",
+                            o.id,
+                            o.frame
+                        ),
+                    }
+                }
                 masks.extend(mask_to_input(&m, lb));
-                frame_masks.push(m);
             }
             let t = Tensor::new(vec![starting.len(), 1, size as usize, size as usize], masks);
             let embeds = self.model.encode_prompts(feats, &t)?;
-            for ((o, e), m) in starting.iter().zip(embeds).zip(frame_masks) {
+            for (o, e) in starting.iter().zip(embeds) {
                 self.memories
                     .insert(o.id, ObjectMemory::new(e, self.job.memory));
-                if o.is_mask_only() {
-                    given.insert(o.id, m);
-                }
             }
         }
 
@@ -130,14 +156,14 @@ impl Tracker {
         let scale = self.model.spec.classifier.logit_scale;
         let mut found: Vec<Found> = Vec::new();
         for (&id, memory) in &self.memories {
-            if let Some(m) = given.get(&id) {
-                // A given mask wins its pixels over any prediction.
+            if let Some((m, pred_iou)) = given.get(&id) {
+                // A reference mask wins its pixels over any prediction.
                 let logits = m
                     .data
                     .iter()
                     .map(|&v| if v != 0 { f32::MAX } else { -1.0 })
                     .collect();
-                found.push((id, Some(logits), (1.0, 1.0), None));
+                found.push((id, Some(logits), (1.0, *pred_iou), None));
                 continue;
             }
             let prompt = memory.lookup();

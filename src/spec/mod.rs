@@ -161,6 +161,10 @@ pub struct JobSpec {
     /// 0.1-0.4, so a higher default would leave its memory empty).
     #[serde(default = "default_memory_min_score")]
     pub memory_min_score: f32,
+    /// propagate: decode a box, point or scribble prompt on its reference frame and take the best
+    /// candidate mask as the object's reference mask (true), or rasterise the prompt itself (false).
+    #[serde(default = "yes")]
+    pub prompt_decode: bool,
     /// autolabel: exemplars drawn per class and averaged into the class embedding (DINOv: 16).
     #[serde(default = "default_exemplars")]
     pub exemplars_per_class: usize,
@@ -203,6 +207,9 @@ fn default_max_detections() -> usize {
     100
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_min_iou() -> f32 {
     0.5
 }
@@ -229,6 +236,7 @@ impl Default for JobSpec {
             min_score: 0.0,
             memory: default_memory(),
             memory_min_score: default_memory_min_score(),
+            prompt_decode: true,
             exemplars_per_class: default_exemplars(),
             seed: 0,
             score_threshold: default_score_threshold(),
@@ -673,11 +681,19 @@ mod tests {
                 "runtime.workers=3".into(),
                 "sinks.0.path=/x.jsonl".into(),
                 "job.min_iou=0.25".into(),
+                "job.prompt_decode=false".into(),
             ],
         )
         .unwrap();
         assert_eq!(s.runtime.workers, 3);
         assert_eq!(s.job.min_iou, 0.25);
+        assert!(!s.job.prompt_decode);
+        assert!(
+            PipelineSpec::parse(MIN, Path::new("p.yaml"), &[])
+                .unwrap()
+                .job
+                .prompt_decode
+        );
         match &s.sinks[0] {
             SinkSpec::Jsonl { path } => assert_eq!(path, Path::new("/x.jsonl")),
             other => panic!("unexpected sink {other:?}"),
