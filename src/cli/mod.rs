@@ -98,7 +98,7 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Evaluate written outputs against ground truth.
+    /// Evaluate against ground truth: written outputs (davis, coco) or the model on prompts (prompts).
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Benchmark: the model alone, vprompt end to end, and (with --python) the plain Python way.
@@ -172,6 +172,37 @@ enum EvalCommand {
         images: String,
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// The model's mask from one box or click per ground-truth instance, by IoU, beside the filled box.
+    Prompts {
+        /// Ground truth: COCO instances JSON (polygons or RLE).
+        #[arg(long)]
+        gt: PathBuf,
+        /// Folder of the images (`file_name` relative to it); images not found are left out.
+        #[arg(long)]
+        images: PathBuf,
+        /// `box`: the instance mask's box; `click`: its most interior pixel.
+        #[arg(long, value_parser = ["box", "click"])]
+        prompt: String,
+        /// Model folder (default: the shipped models/vprompt-lite0).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Instances whose mask box is narrower or lower than this many pixels are left out.
+        #[arg(long, default_value_t = 32)]
+        min_size: u32,
+        /// Images of the file by file name order: `all`, `pool` (the first half) or `eval` (the second
+        /// half; COCO128's evaluation images).
+        #[arg(long, default_value = "all", value_parser = ["all", "pool", "eval"])]
+        split: String,
+        /// At most this many images (of the split, in file name order).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the report as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -414,6 +445,51 @@ fn dispatch(cmd: Command) -> Result<i32> {
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_string_pretty(&report)?)
                     .with_context(|| format!("cannot write {}", j.display()))?;
+            }
+            Ok(0)
+        }
+        Command::Eval(EvalCommand::Prompts {
+            gt,
+            images,
+            prompt,
+            model,
+            min_size,
+            split,
+            limit,
+            json,
+            device,
+        }) => {
+            use crate::eval::prompts::{evaluate, PromptEvalOptions, PromptKind, Split};
+            let model = match model {
+                Some(m) => m,
+                None => default_model()?,
+            };
+            let opts = SessionOptions {
+                device: device.parse().map_err(anyhow::Error::msg)?,
+                ..SessionOptions::default()
+            };
+            let model = Model::load(&model, &opts)?;
+            let opts = PromptEvalOptions {
+                gt,
+                images,
+                prompt: if prompt == "box" {
+                    PromptKind::Box
+                } else {
+                    PromptKind::Click
+                },
+                min_size,
+                split: match split.as_str() {
+                    "pool" => Split::Pool,
+                    "eval" => Split::Eval,
+                    _ => Split::All,
+                },
+                limit,
+            };
+            let report = evaluate(&model, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
             }
             Ok(0)
         }

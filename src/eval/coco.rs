@@ -95,7 +95,7 @@ fn recall_thresholds() -> Vec<f64> {
     r
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
     let err = |msg: String| Error::Prompt {
         path: path.to_path_buf(),
         msg,

@@ -1,0 +1,361 @@
+//! How well the model segments an instance from one prompt on the same image: for every instance of a
+//! COCO file, a box (the mask's box) or a click (the mask's most interior pixel) is decoded, the
+//! candidate with the highest predicted IoU is kept, and its mask is scored by IoU against the instance.
+//! The filled box is the baseline. Reading COCO segmentations is `bank::exemplars`; masks are `post/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::coco::read_json;
+use crate::bank::exemplars::{parse_segmentation, Shape};
+use crate::decode::reference::{box_row, point_row};
+use crate::error::{Error, Result};
+use crate::model::contract::names;
+use crate::model::{Model, Preprocessor, QueryInput, Tensor};
+use crate::post::distance::most_interior_pixel;
+use crate::post::mask::frame_mask;
+use crate::post::BinaryMask;
+use crate::source::read_rgb;
+
+/// The prompt each instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptKind {
+    /// The tight box of the instance's mask, as one box row (its centre point for a `points` model).
+    Box,
+    /// One point row at the mask's most interior pixel (maximum of its distance transform).
+    Click,
+}
+
+/// Which of the file's images, by file name order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    All,
+    /// The first half (COCO128's exemplar pool: the 64 names that sort first).
+    Pool,
+    /// The second half (COCO128's evaluation images).
+    Eval,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromptEvalOptions {
+    pub gt: PathBuf,
+    pub images: PathBuf,
+    pub prompt: PromptKind,
+    /// Instances whose mask box is narrower or lower than this (pixels) are left out.
+    pub min_size: u32,
+    pub split: Split,
+    /// At most this many images (after the split, in file name order).
+    pub limit: Option<usize>,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub size: String,
+    pub instances: usize,
+    /// Mean IoU of the model's masks; `None` without instances.
+    pub miou_model: Option<f64>,
+    /// Mean IoU of the filled boxes.
+    pub miou_box: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptReport {
+    pub gt: String,
+    pub prompt: PromptKind,
+    pub model: String,
+    /// The decoder's query input (`points` or `anchors`): with `points`, a box is sent as its centre.
+    pub query_input: String,
+    pub split: Split,
+    pub min_size: u32,
+    pub images: usize,
+    /// Images of the split that are not in the images folder (not evaluated).
+    pub missing_images: usize,
+    /// small (area < 32^2), medium (< 96^2), large, all: by ground-truth mask area.
+    pub buckets: Vec<Bucket>,
+}
+
+/// COCO's area ranges.
+const BUCKETS: [(&str, u64, u64); 3] = [
+    ("small", 0, 32 * 32),
+    ("medium", 32 * 32, 96 * 96),
+    ("large", 96 * 96, u64::MAX),
+];
+
+/// Per instance: ground-truth area, model IoU, filled-box IoU.
+type Score = (u64, f64, f64);
+
+struct EvalImage {
+    id: u64,
+    file: String,
+    width: u32,
+    height: u32,
+}
+
+/// Runs the evaluation; errors name the COCO file or the image.
+pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport> {
+    let gerr = |msg: String| Error::Prompt {
+        path: opts.gt.clone(),
+        msg,
+    };
+    let doc = read_json(&opts.gt)?;
+    let mut images: Vec<EvalImage> = Vec::new();
+    for im in doc["images"]
+        .as_array()
+        .ok_or_else(|| gerr("no `images` list; not a COCO instances JSON".into()))?
+    {
+        let (Some(id), Some(file)) = (im["id"].as_u64(), im["file_name"].as_str()) else {
+            return Err(gerr("an image without `id` or `file_name`".into()));
+        };
+        let (w, h) = (
+            im["width"].as_u64().unwrap_or(0),
+            im["height"].as_u64().unwrap_or(0),
+        );
+        if w == 0 || h == 0 || w > u32::MAX as u64 || h > u32::MAX as u64 {
+            return Err(gerr(format!(
+                "image {id} ({file}) has no valid width/height"
+            )));
+        }
+        images.push(EvalImage {
+            id,
+            file: file.to_string(),
+            width: w as u32,
+            height: h as u32,
+        });
+    }
+    images.sort_by(|a, b| a.file.cmp(&b.file));
+    let half = images.len() / 2;
+    let images: Vec<EvalImage> = match opts.split {
+        Split::All => images,
+        Split::Pool => images.into_iter().take(half).collect(),
+        Split::Eval => images.into_iter().skip(half).collect(),
+    };
+    let mut anns: BTreeMap<u64, Vec<(usize, &serde_json::Value)>> = BTreeMap::new();
+    for (k, a) in doc["annotations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(img) = a["image_id"].as_u64() else {
+            return Err(gerr(format!("annotation {k} has no image_id")));
+        };
+        if a["iscrowd"].as_u64().unwrap_or(0) == 0 {
+            anns.entry(img).or_default().push((k, a));
+        }
+    }
+
+    let (present, missing): (Vec<&EvalImage>, Vec<&EvalImage>) = images
+        .iter()
+        .partition(|im| opts.images.join(&im.file).is_file());
+    let mut present = present;
+    if let Some(n) = opts.limit {
+        present.truncate(n);
+    }
+    if present.is_empty() {
+        return Err(Error::Prompt {
+            path: opts.images.clone(),
+            msg: format!(
+                "none of the {} images of {} (of its split) is in this folder; give the folder that holds them",
+                images.len(),
+                opts.gt.display(),
+            ),
+        });
+    }
+
+    let mut pre = Preprocessor::new(&model.spec.input);
+    let s = model.input_size() as usize;
+    let generic = model.spec.queries.generic;
+    let mut scores: Vec<Score> = Vec::new();
+    for im in &present {
+        let path = opts.images.join(&im.file);
+        let rgb = read_rgb(&path, crate::spec::RuntimeSpec::default().max_frame_pixels)?;
+        if rgb.dimensions() != (im.width, im.height) {
+            return Err(Error::Frame {
+                frame: path.display().to_string(),
+                msg: format!(
+                    "the image is {}x{} but {} says {}x{}",
+                    rgb.width(),
+                    rgb.height(),
+                    opts.gt.display(),
+                    im.width,
+                    im.height
+                ),
+            });
+        }
+        // The instances that take part, before the image is encoded.
+        let mut gts = Vec::new();
+        for &(k, a) in anns.get(&im.id).map(Vec::as_slice).unwrap_or(&[]) {
+            let Some(shape) = parse_segmentation(&a["segmentation"])
+                .map_err(|e| gerr(format!("annotation {k}: {e}")))?
+            else {
+                continue;
+            };
+            if let Shape::Runs(_, [h, w]) = &shape {
+                if (*w, *h) != (im.width, im.height) {
+                    return Err(gerr(format!(
+                        "annotation {k}: RLE size {w}x{h} differs from image {}'s {}x{}",
+                        im.id, im.width, im.height
+                    )));
+                }
+            }
+            // An instance that covers no pixel has nothing to prompt.
+            let Ok(gt) = shape.rasterize(im.width, im.height) else {
+                continue;
+            };
+            let Some(b) = gt.bbox_xyxy() else { continue };
+            if b[2] - b[0] >= opts.min_size && b[3] - b[1] >= opts.min_size {
+                gts.push((gt, b));
+            }
+        }
+        if gts.is_empty() {
+            continue;
+        }
+        let mut input = vec![0.0f32; 3 * s * s];
+        let lb = pre.fill(&rgb, &mut input);
+        let feats = model
+            .encode(&Tensor::new(vec![1, 3, s, s], input))?
+            .pop()
+            .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+        let mask_feat = feats
+            .get(names::MASK_FEAT)
+            .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
+        for (gt, b) in gts {
+            let row = match opts.prompt {
+                PromptKind::Box => box_row(&lb, b.map(|v| v as f32)),
+                PromptKind::Click => {
+                    let p = most_interior_pixel(&gt).expect("a mask with a box has a pixel");
+                    point_row(&lb, [p[0] as f32 + 0.5, p[1] as f32 + 0.5])
+                }
+            };
+            let q = model
+                .decode(&[&feats], &[row])?
+                .pop()
+                .ok_or_else(|| Error::Runtime("the decoder returned no item".into()))?;
+            let best = (generic.min(q.count)..q.count)
+                .max_by(|&a, &b| q.iou[a].total_cmp(&q.iou[b]).then(b.cmp(&a)))
+                .ok_or_else(|| {
+                    Error::Runtime("the decoder returned no interactive query".into())
+                })?;
+            let (mask, _, _) = frame_mask(mask_feat, q.mask_row(best), &lb);
+            scores.push((gt.area(), mask.iou(&gt), filled_box(b, &gt).iou(&gt)));
+        }
+    }
+    Ok(PromptReport {
+        gt: opts.gt.display().to_string(),
+        prompt: opts.prompt,
+        model: model.spec.name.clone(),
+        query_input: match model.query_input() {
+            QueryInput::Points => "points".into(),
+            QueryInput::Anchors => "anchors".into(),
+        },
+        split: opts.split,
+        min_size: opts.min_size,
+        images: present.len(),
+        missing_images: missing.len(),
+        buckets: buckets(&scores),
+    })
+}
+
+/// The box `xyxy` (pixel edges) filled, on the mask's frame.
+pub fn filled_box(b: [u32; 4], like: &BinaryMask) -> BinaryMask {
+    let mut m = BinaryMask::empty(like.width, like.height);
+    for y in b[1]..b[3] {
+        let row = (y * like.width) as usize;
+        m.data[row + b[0] as usize..row + b[2] as usize].fill(1);
+    }
+    m
+}
+
+fn buckets(scores: &[Score]) -> Vec<Bucket> {
+    let row = |size: &str, pick: &dyn Fn(u64) -> bool| {
+        let mine: Vec<&Score> = scores.iter().filter(|s| pick(s.0)).collect();
+        let n = mine.len();
+        let mean = |f: &dyn Fn(&Score) -> f64| {
+            (n > 0).then(|| mine.iter().map(|s| f(s)).sum::<f64>() / n as f64)
+        };
+        Bucket {
+            size: size.to_string(),
+            instances: n,
+            miou_model: mean(&|s| s.1),
+            miou_box: mean(&|s| s.2),
+        }
+    };
+    let mut out: Vec<Bucket> = BUCKETS
+        .iter()
+        .map(|&(name, lo, hi)| row(name, &|a| a >= lo && a < hi))
+        .collect();
+    out.push(row("all", &|_| true));
+    out
+}
+
+impl PromptReport {
+    pub fn table(&self) -> String {
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let mut s = format!(
+            "{} prompt on {} images of {} (split {}, boxes >= {} px; {} images not found), model {} \
+             ({} input)\n\n| size | instances | mIoU model | mIoU filled box |\n|---|---:|---:|---:|\n",
+            match self.prompt {
+                PromptKind::Box => "box",
+                PromptKind::Click => "click",
+            },
+            self.images,
+            self.gt,
+            match self.split {
+                Split::All => "all",
+                Split::Pool => "pool",
+                Split::Eval => "eval",
+            },
+            self.min_size,
+            self.missing_images,
+            self.model,
+            self.query_input
+        );
+        for b in &self.buckets {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                b.size,
+                b.instances,
+                f(b.miou_model),
+                f(b.miou_box)
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_coco_areas() {
+        let scores = [
+            (100, 0.5, 1.0),
+            (1023, 0.7, 0.0),
+            (1024, 0.2, 0.4),
+            (9216, 1.0, 1.0),
+        ];
+        let b = buckets(&scores);
+        let names: Vec<&str> = b.iter().map(|b| b.size.as_str()).collect();
+        assert_eq!(names, ["small", "medium", "large", "all"]);
+        assert_eq!(b[0].instances, 2);
+        assert!((b[0].miou_model.unwrap() - 0.6).abs() < 1e-12);
+        assert!((b[0].miou_box.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!((b[1].instances, b[2].instances, b[3].instances), (1, 1, 4));
+        assert!((b[3].miou_model.unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(buckets(&[])[3].miou_model, None);
+    }
+
+    #[test]
+    fn filled_box_covers_its_pixels() {
+        let like = BinaryMask::empty(10, 8);
+        let m = filled_box([2, 3, 5, 7], &like);
+        assert_eq!(m.area(), 12);
+        assert_eq!(m.bbox_xyxy(), Some([2, 3, 5, 7]));
+    }
+}
