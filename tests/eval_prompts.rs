@@ -43,10 +43,10 @@ for im in imgs:
         m = coco.annToMask(a).astype(bool)
         if not m.any():
             continue
+        if a["bbox"][2] < {min_size} or a["bbox"][3] < {min_size}:
+            continue
         ys, xs = np.nonzero(m)
         w, h = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
-        if w < {min_size} or h < {min_size}:
-            continue
         area = int(m.sum())
         iou = area / float(w * h)
         size = "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"

@@ -187,7 +187,8 @@ enum EvalCommand {
         /// Model folder (default: the shipped models/vprompt-lite0).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Instances whose mask box is narrower or lower than this many pixels are left out.
+        /// Instances whose `bbox` (else the mask's box) is narrower or lower than this many pixels
+        /// are left out.
         #[arg(long, default_value_t = 32)]
         min_size: u32,
         /// Images of the file by file name order: `all`, `pool` (the first half) or `eval` (the second

@@ -1,5 +1,5 @@
 //! How well the model segments an instance from one prompt on the same image: for every instance of a
-//! COCO file, a box (the mask's box) or a click (the mask's most interior pixel) is decoded, the
+//! COCO file (whose `bbox` is at least `min_size` both ways), a box (the mask's box) or a click (the mask's most interior pixel) is decoded, the
 //! candidate with the highest predicted IoU is kept, and its mask is scored by IoU against the instance.
 //! The filled box is the baseline. Reading COCO segmentations is `bank::exemplars`; masks are `post/`.
 
@@ -45,7 +45,7 @@ pub struct PromptEvalOptions {
     pub gt: PathBuf,
     pub images: PathBuf,
     pub prompt: PromptKind,
-    /// Instances whose mask box is narrower or lower than this (pixels) are left out.
+    /// Instances whose `bbox` (else mask box) is narrower or lower than this (pixels) are left out.
     pub min_size: u32,
     pub split: Split,
     /// At most this many images (after the split, in file name order).
@@ -208,7 +208,13 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
                 continue;
             };
             let Some(b) = gt.bbox_xyxy() else { continue };
-            if b[2] - b[0] >= opts.min_size && b[3] - b[1] >= opts.min_size {
+            // The size filter reads the annotation's `bbox` (`[x, y, w, h]`), else the mask's box.
+            let (bw, bh) = match a["bbox"].as_array().map(|v| v.as_slice()) {
+                Some([_, _, w, h]) => (w.as_f64().unwrap_or(0.0), h.as_f64().unwrap_or(0.0)),
+                _ => ((b[2] - b[0]) as f64, (b[3] - b[1]) as f64),
+            };
+            let min = opts.min_size as f64;
+            if bw >= min && bh >= min {
                 gts.push((gt, b));
             }
         }
