@@ -50,7 +50,7 @@ def components(mask, min_frac=0.01):
     return parts, ignore
 
 
-def paste(img, masks, ignore, obj_img, obj_mask, rng):
+def paste(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6)):
     """Paste an object (cut by its mask) onto img [3,H,W] at a random scale and place; occludes what is under it."""
     _, H, W = img.shape
     ys, xs = np.nonzero(obj_mask.numpy())
@@ -59,7 +59,7 @@ def paste(img, masks, ignore, obj_img, obj_mask, rng):
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     oi = obj_img[:, y0:y1, x0:x1]
     om = obj_mask[y0:y1, x0:x1].float()
-    s = rng.uniform(0.25, 0.6) * max(H, W) / max(y1 - y0, x1 - x0)
+    s = rng.uniform(*scale) * max(H, W) / max(y1 - y0, x1 - x0)
     nh, nw = max(8, min(H, round((y1 - y0) * s))), max(8, min(W, round((x1 - x0) * s)))
     oi = F.interpolate(oi[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
     om = F.interpolate(om[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
@@ -75,8 +75,9 @@ def paste(img, masks, ignore, obj_img, obj_mask, rng):
 
 
 class Sources:
-    def __init__(self, seed):
+    def __init__(self, seed, paste_scale=(0.25, 0.6)):
         self.rng = random.Random(seed)
+        self.paste_scale = paste_scale
         self.duts, self.duts_root = duts_train_stems()
         pool, _ = coco_split()
         self.coco = Coco(pool)
@@ -107,7 +108,7 @@ class Sources:
         for _ in range(n_paste):
             o = self.random_object()
             if o is not None:
-                img, masks, ignore = paste(img, masks, ignore, o[0], o[1], self.rng)
+                img, masks, ignore = paste(img, masks, ignore, o[0], o[1], self.rng, self.paste_scale)
         return img, masks, ignore
 
 
@@ -136,8 +137,12 @@ def main():
     ap.add_argument("--davis", type=int, default=1200, help="DAVIS train frame pairs")
     ap.add_argument("--chunk", type=int, default=512, help="views per chunk file")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--paste-scale", default="0.25,0.6", help="pasted objects' longer side as a share of the image's")
+    ap.add_argument("--pastes", default="0,1,1,2,2,3", help="number of pasted objects, drawn from this list")
+    ap.add_argument("--prefix", default="chunk", help="chunk file prefix (several caches can share a folder)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     S = args.size
     min_area = (S / 64) ** 2 * 4
@@ -147,7 +152,8 @@ def main():
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in st["model"].items()})
     model.eval()
 
-    src = Sources(args.seed)
+    src = Sources(args.seed, tuple(float(v) for v in args.paste_scale.split(",")))
+    pastes = [int(v) for v in args.pastes.split(",")]
     rng = src.rng
     aug = Aug(S, rng)
     jobs = [("duts", s) for s in rng.sample(src.duts, min(args.duts, len(src.duts)))]
@@ -179,7 +185,7 @@ def main():
             else:
                 img, cm, _ = src.coco.load(key)
                 masks, ign = list(cm), torch.zeros(img.shape[1:], dtype=torch.bool)
-            img, masks, ign = src.composite(img, masks, ign, rng.choice([0, 1, 1, 2, 2, 3]))
+            img, masks, ign = src.composite(img, masks, ign, rng.choice(pastes))
             views = [(img, masks, ign)] * 2
         out = []
         for img, masks, ign in views:
@@ -191,7 +197,7 @@ def main():
     t0 = time.time()
     n_chunks = 0
     for c0 in range(0, len(jobs), args.chunk // 2):
-        path = os.path.join(args.out, f"chunk{n_chunks:04d}")
+        path = os.path.join(args.out, f"{args.prefix}{n_chunks:04d}")
         if os.path.exists(path + ".json"):
             n_chunks += 1
             continue

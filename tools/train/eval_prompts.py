@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--split", default="all", help="all | eval (the 64 COCO128 files that sort last)")
     ap.add_argument("--min-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--diag", default="", help="save per-click-level (row, level, pred IoU, IoU, area ratio, recall) to this .npy")
     args = ap.parse_args()
     spec = yaml.safe_load(open(os.path.join(args.model, "model.yaml")))
     S = spec["input"]["size"]
@@ -44,7 +45,7 @@ def main():
         imgs = imgs[len(imgs) // 2:]
     if args.limit:
         imgs = imgs[: args.limit]
-    res = {"box": [], "click": [], "filled": [], "area": []}
+    res = {"box": [], "click": [], "filled": [], "area": [], "box_best": [], "click_best": [], "click2": []}
     for im in imgs:
         anns = [a for a in coco.imgToAnns[im["id"]] if not a.get("iscrowd", 0)]
         anns = [a for a in anns if a["bbox"][2] >= args.min_size and a["bbox"][3] >= args.min_size]
@@ -90,12 +91,37 @@ def main():
         mf = torch.from_numpy(f[3][0])
         for n, (m, filled) in enumerate(gts):
             for kind, row in (("box", 2 * n), ("click", 2 * n + 1)):
-                k = int(np.argmax(iou[row]))
-                lg = torch.einsum("m,mhw->hw", torch.from_numpy(me[row, k]), mf)
-                lg = F.interpolate(lg[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
-                lg = F.interpolate(lg[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-                p = (lg > 0).numpy()
-                res[kind].append((p & m).sum() / max(1, (p | m).sum()))
+                ious = []
+                for k in range(K):
+                    lg = torch.einsum("m,mhw->hw", torch.from_numpy(me[row, k]), mf)
+                    lg = F.interpolate(lg[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
+                    lg = F.interpolate(lg[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+                    p = (lg > 0).numpy()
+                    ious.append((p & m).sum() / max(1, (p | m).sum()))
+                    if kind == "click":
+                        res.setdefault("diag", []).append((n, k, float(iou[row, k]), ious[-1], p.sum() / m.sum(), (p & m).sum() / m.sum()))
+                res[kind].append(ious[int(np.argmax(iou[row]))])
+                res[kind + "_best"].append(max(ious))  # oracle over the K levels (diagnostic)
+            # refinement: the box of the click's chosen mask (model-input cells) as a box row, with the click
+            row = 2 * n + 1
+            k = int(np.argmax(iou[row]))
+            lg = torch.einsum("m,mhw->hw", torch.from_numpy(me[row, k]), mf)
+            ys_, xs_ = np.nonzero((lg > 0).numpy())
+            if len(ys_):
+                hh, ww = lg.shape
+                b2 = [(xs_.min() + xs_.max() + 1) / 2 / ww, (ys_.min() + ys_.max() + 1) / 2 / hh,
+                      (xs_.max() + 1 - xs_.min()) / ww, (ys_.max() + 1 - ys_.min()) / hh]
+                inputs2 = dict(inputs)
+                inputs2["anchors"] = np.array([b2], np.float32)
+                i2, _, _, me2 = dec.run(None, inputs2)
+                k2 = int(np.argmax(i2[0, G:]))
+                lg2 = torch.einsum("m,mhw->hw", torch.from_numpy(me2[0, G + k2]), mf)
+                lg2 = F.interpolate(lg2[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
+                lg2 = F.interpolate(lg2[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+                p2 = (lg2 > 0).numpy()
+                res["click2"].append((p2 & m).sum() / max(1, (p2 | m).sum()))
+            else:
+                res["click2"].append(0.0)
             res["filled"].append((filled & m).sum() / max(1, (filled | m).sum()))
             res["area"].append(m.sum())
     area = np.array(res["area"])
@@ -104,10 +130,12 @@ def main():
     out = {}
     for b, sel in buckets.items():
         out[b] = {"n": int(sel.sum())}
-        for kind in ("box", "click", "filled"):
+        for kind in ("box", "click", "filled", "box_best", "click_best", "click2"):
             v = np.array(res[kind])[sel]
             out[b][kind] = round(float(v.mean()), 4) if len(v) else None
     print(json.dumps(out, indent=1))
+    if args.diag:
+        np.save(args.diag, np.array(res.get("diag", [])))
 
 
 if __name__ == "__main__":

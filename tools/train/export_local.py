@@ -30,7 +30,7 @@ class EncoderL(nn.Module):
 
     def forward(self, image):
         f8, f16, f32, mf = self.enc(image)
-        return f8, f16, f32, self.mf(f8, mf)
+        return f8, f16, f32, self.mf(f8, mf, f16)
 
 
 class DecoderL(nn.Module):

@@ -39,13 +39,14 @@ class Cache:
         self.refresh()
 
     def refresh(self):
-        for p in sorted(glob.glob(os.path.join(self.root, "chunk*.json"))):
+        for p in sorted(glob.glob(os.path.join(self.root, "*.json"))):
             if p in self.files:
                 continue
             base = p[:-5]
             m = json.load(open(p))
             c = len(self.chunks)
-            self.chunks.append({k: torch.from_numpy(np.load(f"{base}.{k}.npy")) for k in self.KEYS})
+            # memory-mapped: the page cache holds what fits, so a cache larger than RAM still trains
+            self.chunks.append({k: np.load(f"{base}.{k}.npy", mmap_mode="r") for k in self.KEYS})
             self.meta.append(m)
             self.index += [(c, i) for i in range(len(m))]
             self.files.add(p)
@@ -53,7 +54,7 @@ class Cache:
 
     def batch(self, idx):
         views = [self.index[i] for i in idx]
-        out = {k: torch.stack([self.chunks[c][k][i] for c, i in views]) for k in self.KEYS}
+        out = {k: torch.from_numpy(np.stack([self.chunks[c][k][i] for c, i in views])) for k in self.KEYS}
         return out, [self.meta[c][i] for c, i in views]
 
 
@@ -136,7 +137,7 @@ def mask_terms(logit, tgt, valid):
     return bce, dice, iou
 
 
-def step_losses(model, data, meta, rng, N):
+def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0):
     B = len(meta)
     f8 = data["f8"].float()
     f16 = data["f16"].float()
@@ -153,17 +154,22 @@ def step_losses(model, data, meta, rng, N):
     rows = torch.from_numpy(np.stack(rows))
     tgts = torch.from_numpy(np.stack(tgts))  # [B,N]
     inst_boxes = torch.from_numpy(np.stack(boxes))  # [B,17,4]
-    mfeat = model.mask_features(f8, mf)
+    mfeat = model.mask_features(f8, mf, f16)
     iou_p, pbox, emb, me = model.decoder((f8, f16, f32, mf), rows)
     h, w = mfeat.shape[-2:]
-    logits = torch.einsum("bqm,bmhw->bqhw", me, mfeat).flatten(2)  # [B,Q,hw]
+    # losses on P random cells of the stride-4 grid per view (the same cells for every query of the view)
+    P = min(n_cells, h * w)
+    cells = torch.stack([torch.randperm(h * w)[:P] for _ in range(B)])  # [B,P]
+    mfs = torch.gather(mfeat.flatten(2), 2, cells[:, None, :].expand(B, mfeat.shape[1], P))
+    logits = torch.einsum("bqm,bmp->bqp", me, mfs)  # [B,Q,P]
     G, K = model.cfg["G"], model.cfg["K"]
     # targets at the mask resolution (stride 4): soft instance masks and the valid (non-ignored) pixels
     labt = torch.from_numpy(lab).long()
     onehot = F.one_hot(labt.clamp(max=17) * (labt != IGNORE), 18).permute(0, 3, 1, 2).float()[:, :17]  # [B,17,S,S]
     soft = F.adaptive_avg_pool2d(onehot, (h, w)).flatten(2)  # [B,17,hw]
+    soft = torch.gather(soft, 2, cells[:, None, :].expand(B, 17, P))
     ign = F.adaptive_avg_pool2d(torch.from_numpy(lab == IGNORE).float()[:, None], (h, w)).flatten(1)
-    valid = (ign < 0.5).float()[:, None, :]  # [B,1,hw]
+    valid = (torch.gather(ign, 1, cells) < 0.5).float()[:, None, :]  # [B,1,P]
 
     li = logits[:, G:].reshape(B, N, K, -1)
     tmask = torch.gather(soft, 1, tgts[..., None].expand(B, N, soft.shape[-1]))[:, :, None, :]  # [B,N,1,hw]
@@ -181,6 +187,11 @@ def step_losses(model, data, meta, rng, N):
     iou_t = iou_real * on[..., None]
     wrow = on + 0.5 * (1 - on)
     l_iou = (((ip - iou_t) ** 2).mean(-1) * wrow).sum() / wrow.sum()
+    # ranking: on an instance row, the level whose mask is better must score higher (margin 0.05), weighted by
+    # how much better it is; this is what picks the answer among the K candidates
+    gap = iou_real[..., :, None] - iou_real[..., None, :]  # [B,N,K,K]: level a better than level b
+    dp = ip[..., :, None] - ip[..., None, :]
+    l_rank = ((F.relu(0.05 - dp) * gap.clamp(min=0)).sum((-1, -2)) * on).sum() / on.sum().clamp(min=1)
 
     # generic queries: Hungarian matching to the instances
     lg = logits[:, :G]
@@ -247,8 +258,26 @@ def step_losses(model, data, meta, rng, N):
             if pos.any():
                 l_cr.append(-torch.logsumexp(logp[pos, l - 1], 0))
     l_cr = torch.stack(l_cr).mean() if l_cr else torch.zeros(())
-    losses = dict(mask=l_mask, box=l_box, iou=l_iou, gen=l_gen, gen_iou=l_gen_iou, cg=l_cg, cr=l_cr)
-    total = 2 * l_mask + l_box + 2 * l_iou + 0.5 * l_gen + l_gen_iou + 0.3 * l_cg + 0.3 * l_cr
+    # (c) each matched generic query picks its instance's prompt among every instance of the batch, so that
+    # generic queries can be classified against exemplar (prompt) embeddings, as auto-labeling does
+    l_gc = torch.zeros(())
+    if gc_w > 0:
+        allp = torch.zeros(B, 16, dtype=torch.bool)
+        for b in range(B):
+            allp[b, : min(meta[b]["n"], 16)] = True
+        Pall = pe[allp]
+        pid_all = torch.full((B, 16), -1, dtype=torch.long)
+        pid_all[allp] = torch.arange(Pall.shape[0])
+        ge, gl = [], []
+        for b, (qi, ti) in enumerate(gen_match):
+            for q, t in zip(qi, ti):
+                if t <= 16 and allp[b, t - 1]:
+                    ge.append(emb[b, q])
+                    gl.append(pid_all[b, t - 1])
+        if ge and Pall.shape[0] > 1:
+            l_gc = F.cross_entropy(scale * torch.stack(ge) @ Pall.T, torch.stack(gl))
+    losses = dict(mask=l_mask, box=l_box, iou=l_iou, rank=l_rank, gen=l_gen, gen_iou=l_gen_iou, cg=l_cg, cr=l_cr, gc=l_gc)
+    total = gc_w * l_gc + 2 * l_mask + l_box + 2 * l_iou + rank_w * l_rank + 0.5 * l_gen + l_gen_iou + 0.3 * l_cg + 0.3 * l_cr
     # a quick training metric: IoU of the best-predicted-IoU level on instance rows
     with torch.no_grad():
         pick = ip.argmax(-1, keepdim=True)
@@ -266,17 +295,23 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ckpt-minutes", type=float, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the cores)")
     ap.add_argument("--init", default="")
+    ap.add_argument("--refine", type=int, default=0, help="channels of the residual refinement branch of the mask features (0: none)")
+    ap.add_argument("--rank", type=float, default=0.0, help="weight of the predicted-IoU ranking loss across levels")
+    ap.add_argument("--gc", type=float, default=0.0, help="weight of the generic queries' prompt-matching loss")
+    ap.add_argument("--cells", type=int, default=1024, help="stride-4 cells per view the mask losses are computed on")
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--expect-views", type=int, default=0, help="look for new cache chunks every 200 steps until this many")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     t_load = time.time()
     cache = Cache(args.cache)
     V = len(cache.index)
     print(f"cache: {V} views in {len(cache.chunks)} chunks loaded in {time.time() - t_load:.0f} s", flush=True)
-    model = LocalModel()
+    model = LocalModel(refine=args.refine)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step, elapsed, seen = 0, 0.0, 0
     ck = os.path.join(args.out, "last_full.pt")
@@ -288,7 +323,10 @@ def main():
         print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
     elif args.init:
         st = torch.load(args.init, map_location="cpu", weights_only=False)
-        model.load_state_dict({k: v.float() for k, v in st["model"].items()})
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in st["model"].items()}, strict=False)
+        assert not unexpected, unexpected
+        assert all(k.startswith("mask_features.refine.") for k in missing), missing
+        print(f"init from {args.init} (step {st['step']}); new: {len(missing)} tensors", flush=True)
     budget = args.minutes * 60
     log = open(os.path.join(args.out, "train_log.jsonl"), "a")
     rng = np.random.default_rng(args.seed + step)
@@ -307,13 +345,13 @@ def main():
 
     while time.time() - t0 < budget:
         frac = (time.time() - t0) / budget
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         if step % 200 == 0 and V < args.expect_views:
             V = cache.refresh()
         data, meta = cache.batch(rng.integers(0, V, args.batch).tolist())
-        total, losses, m_iou = step_losses(model, data, meta, rng, args.rows)
+        total, losses, m_iou = step_losses(model, data, meta, rng, args.rows, args.cells, args.rank, args.gc)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -48,7 +48,7 @@ def pool(anchors, f):
 class MaskFeatures(nn.Module):
     """mask_feat for the contract: frozen stride-4 features (M0), a trained adapter (A), tent bases along x and y."""
 
-    def __init__(self, C=64, M0=32, A=32, knots=32):
+    def __init__(self, C=64, M0=32, A=32, knots=32, refine=0):
         super().__init__()
         self.knots = knots
         self.adapt = nn.Sequential(
@@ -58,11 +58,32 @@ class MaskFeatures(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(64, A, 1),
         )
+        # optional wider residual branch (refine channels) that also sees feat16 and a larger receptive field
+        # (a 3x3 and a dilated 3x3 depthwise conv); its last conv starts at zero, so a checkpoint trained
+        # without it is the starting point
+        self.refine = None
+        if refine:
+            self.refine = nn.Sequential(
+                nn.Conv2d(M0 + 2 * C, refine, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(refine, refine, 3, padding=1, groups=refine),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(refine, refine, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(refine, refine, 3, padding=2, dilation=2, groups=refine),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(refine, A, 1),
+            )
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, feat8, mask_feat):
+    def forward(self, feat8, mask_feat, feat16=None):
         B, _, h, w = mask_feat.shape
         up = F.interpolate(feat8, size=(h, w), mode="bilinear", align_corners=False)
         a = self.adapt(torch.cat((mask_feat, up), 1))
+        if self.refine is not None:
+            up16 = F.interpolate(feat16, size=(h, w), mode="bilinear", align_corners=False)
+            a = a + self.refine(torch.cat((mask_feat, up, up16), 1))
         bx = tent_basis(w, self.knots, mask_feat.device)  # [k, w]
         by = tent_basis(h, self.knots, mask_feat.device)  # [k, h]
         px = bx[:, None, :].expand(self.knots, h, w)
@@ -177,10 +198,10 @@ class LocalModel(nn.Module):
 
     def __init__(self, **cfg):
         super().__init__()
-        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32)
+        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32, refine=0)
         self.cfg.update(cfg)
         c = self.cfg
-        self.mask_features = MaskFeatures(c["C"], c["M0"], c["A"], c["knots"])
+        self.mask_features = MaskFeatures(c["C"], c["M0"], c["A"], c["knots"], c["refine"])
         self.decoder = LocalDecoder(c["C"], c["M0"], c["A"], c["D"], c["G"], c["K"], knots=c["knots"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
