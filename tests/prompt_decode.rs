@@ -122,3 +122,100 @@ fn points_negative_points_and_scribbles_pick_their_square() {
         assert!(objects.iter().all(|o| o["score"].as_f64() == Some(1.0)));
     }
 }
+
+/// `propagate --box / --point / --negative-point` against the same object in a prompt file: every mask
+/// and the JSONL are byte-identical.
+#[test]
+fn quick_prompts_on_propagate_equal_the_prompt_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    frames(tmp.path());
+    let video = tmp.path().join("frames");
+    let model = fixture("anchor-model");
+    let propagate = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "propagate",
+            "--video",
+            video.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--model", model.to_str().unwrap(), "--no-video", "--quiet"]);
+        args.extend_from_slice(extra);
+        let o = vprompt(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let masks: Vec<Vec<u8>> = (0..2)
+            .map(|t| std::fs::read(out.join(format!("masks/{t:05}.png"))).unwrap())
+            .collect();
+        (
+            masks,
+            std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        )
+    };
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--box", "14,30,82,98", "--frame", "1"],
+            "box: [14, 30, 82, 98], frame: 1",
+        ),
+        (
+            &[
+                "--point",
+                "40,60",
+                "--point",
+                "50,70",
+                "--negative-point",
+                "100,20",
+            ],
+            "points: [[40, 60], [50, 70]], negative_points: [[100, 20]]",
+        ),
+    ];
+    for (i, (flags, fields)) in cases.iter().enumerate() {
+        let file = write(
+            tmp.path(),
+            &format!("p{i}.yaml"),
+            &format!("objects:\n  - {{ id: 1, {fields} }}\n"),
+        );
+        let quick = propagate(&format!("quick{i}"), flags);
+        let from_file = propagate(&format!("file{i}"), &["--prompts", file.to_str().unwrap()]);
+        assert_eq!(quick, from_file, "{flags:?}");
+        let labels = palette::read(&tmp.path().join(format!("quick{i}/masks/00001.png"))).unwrap();
+        assert!(
+            iou_with(&labels.data, 1, RED) > 0.7,
+            "{flags:?}: the red square is object 1"
+        );
+    }
+}
+
+#[test]
+fn quick_prompt_errors_say_what_to_give() {
+    let tmp = tempfile::tempdir().unwrap();
+    frames(tmp.path());
+    let video = tmp.path().join("frames");
+    let out = tmp.path().join("out");
+    let base = [
+        "propagate",
+        "--video",
+        video.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for (extra, want) in [
+        (&["--box", "80,30,14,98"][..], "x0 must be below x1"),
+        (&["--point", "40"][..], "is not x,y"),
+        (
+            &["--negative-point", "4,4"][..],
+            "--negative-point needs --box or --point",
+        ),
+        (
+            &["--box", "1,2,3,4", "--mask", "m.png"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = vprompt(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+}

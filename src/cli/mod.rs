@@ -72,9 +72,18 @@ enum Command {
         #[arg(long)]
         video: String,
         /// Mask PNG on the reference frame: binary = object 1; a palette PNG gives every id in it.
-        #[arg(long, required_unless_present = "prompts")]
+        #[arg(long)]
         mask: Option<PathBuf>,
-        /// Reference frame of --mask.
+        /// Object 1 by its box `x0,y0,x1,y1` (frame pixels) on the reference frame, instead of --mask.
+        #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box, conflicts_with_all = ["mask", "prompts"])]
+        box_xyxy: Option<[f32; 4]>,
+        /// Object 1 by a click `x,y` (frame pixels) on the reference frame; repeat for more points.
+        #[arg(long = "point", value_name = "X,Y", value_parser = parse_xy, conflicts_with_all = ["mask", "prompts"])]
+        points: Vec<[f32; 2]>,
+        /// A point `x,y` that is not object 1 (with --box or --point); repeatable.
+        #[arg(long = "negative-point", value_name = "X,Y", value_parser = parse_xy, conflicts_with_all = ["mask", "prompts"])]
+        negative_points: Vec<[f32; 2]>,
+        /// Reference frame of --mask, --box or --point.
         #[arg(long, default_value_t = 0)]
         frame: u64,
         /// A prompt file (objects with masks, boxes, points, scribbles) instead of --mask.
@@ -295,6 +304,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
         Command::Propagate {
             video,
             mask,
+            box_xyxy,
+            points,
+            negative_points,
             frame,
             prompts,
             out,
@@ -314,7 +326,21 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     write_prompts(&file, &path)?;
                     path
                 }
-                (None, None) => anyhow::bail!("give --mask or --prompts"),
+                (None, None) if box_xyxy.is_some() || !points.is_empty() => {
+                    let path = out.join("prompts.yaml");
+                    std::fs::write(
+                        &path,
+                        quick_prompt(frame, box_xyxy, &points, &negative_points),
+                    )
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                    path
+                }
+                (None, None) if !negative_points.is_empty() => {
+                    anyhow::bail!(
+                        "--negative-point needs --box or --point: it says what object 1 is not"
+                    )
+                }
+                (None, None) => anyhow::bail!("give --mask, --box, --point or --prompts"),
             };
             let model = match model {
                 Some(m) => m,
@@ -519,6 +545,60 @@ fn execute(
 
 pub(crate) fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The prompt file of `propagate --box / --point / --negative-point`: object 1 on `frame`, exactly as
+/// the same fields in a prompt file (the file is checked when the pipeline loads it).
+fn quick_prompt(
+    frame: u64,
+    box_xyxy: Option<[f32; 4]>,
+    points: &[[f32; 2]],
+    negative: &[[f32; 2]],
+) -> String {
+    let xy = |v: &[[f32; 2]]| {
+        let items: Vec<String> = v.iter().map(|p| format!("[{}, {}]", p[0], p[1])).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let mut fields = vec!["id: 1".to_string(), format!("frame: {frame}")];
+    if let Some(b) = box_xyxy {
+        fields.push(format!("box: [{}, {}, {}, {}]", b[0], b[1], b[2], b[3]));
+    }
+    if !points.is_empty() {
+        fields.push(format!("points: {}", xy(points)));
+    }
+    if !negative.is_empty() {
+        fields.push(format!("negative_points: {}", xy(negative)));
+    }
+    format!("objects:\n  - {{ {} }}\n", fields.join(", "))
+}
+
+/// `x,y` in frame pixels.
+fn parse_xy(s: &str) -> std::result::Result<[f32; 2], String> {
+    let v = parse_numbers(s, 2, "x,y (frame pixels), e.g. 120,80")?;
+    Ok([v[0], v[1]])
+}
+
+/// `x0,y0,x1,y1` in frame pixels, with x0 < x1 and y0 < y1.
+fn parse_box(s: &str) -> std::result::Result<[f32; 4], String> {
+    let v = parse_numbers(s, 4, "x0,y0,x1,y1 (frame pixels), e.g. 40,30,200,180")?;
+    if v[0] >= v[2] || v[1] >= v[3] {
+        return Err(format!(
+            "`{s}` is not a box: x0 must be below x1 and y0 below y1 (x0,y0,x1,y1)"
+        ));
+    }
+    Ok([v[0], v[1], v[2], v[3]])
+}
+
+fn parse_numbers(s: &str, n: usize, want: &str) -> std::result::Result<Vec<f32>, String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("`{s}` is not {want}"))?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite() || *x < 0.0) {
+        return Err(format!("`{s}` is not {want}: {n} non-negative numbers"));
+    }
+    Ok(v)
 }
 
 fn write_prompts(file: &PromptFile, path: &Path) -> Result<()> {
