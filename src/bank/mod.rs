@@ -267,8 +267,9 @@ impl Bank {
     }
 }
 
+/// The first 12 characters of a model identity (characters, not bytes: a hand-edited bank may hold any text).
 fn short(identity: &str) -> String {
-    format!("sha256 {}", &identity[..identity.len().min(12)])
+    format!("sha256 {}", identity.chars().take(12).collect::<String>())
 }
 
 /// A small, fixed pseudo-random sequence (SplitMix64), so draws repeat on every machine.
@@ -292,6 +293,18 @@ pub fn default_path(exemplars: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_identity_in_any_script_is_shortened_by_characters() {
+        assert_eq!(short("0123456789abcdef"), "sha256 0123456789ab");
+        // byte 12 falls inside the fourth character: a byte slice there panics
+        assert_eq!(short("a模型模型模"), "sha256 a模型模型模");
+        assert_eq!(
+            short("a模型模型模型模型模型模型"),
+            "sha256 a模型模型模型模型模型模"
+        );
+        assert_eq!(short("é"), "sha256 é");
+    }
 
     fn bank(n: usize) -> Bank {
         Bank {
