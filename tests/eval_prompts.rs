@@ -102,7 +102,7 @@ fn filled_box_baseline_agrees_with_pycocotools_on_coco128() {
         let r = json_out(&run(prompt, true));
         assert_eq!(r["prompt"], prompt);
         assert_eq!(r["images"].as_u64(), Some(limit as u64));
-        assert_eq!(r["query_input"], "points");
+        assert_eq!(r["query_input"], "anchors");
         let buckets = r["buckets"].as_array().unwrap();
         assert_eq!(buckets.len(), 4);
         for b in buckets {
