@@ -219,3 +219,53 @@ fn quick_prompt_errors_say_what_to_give() {
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn validate_checks_a_prompt_file_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mask = image::GrayImage::new(8, 8);
+    mask.put_pixel(2, 3, image::Luma([255]));
+    mask.save(tmp.path().join("m.png")).unwrap();
+    image::GrayImage::new(8, 8)
+        .save(tmp.path().join("empty.png"))
+        .unwrap();
+    let good = write(
+        tmp.path(),
+        "good.yaml",
+        "objects:\n  - { id: 1, frame: 0, mask: m.png }\n  - { id: 2, frame: 4, box: [1, 2, 30, 40], negative_points: [[5, 5]] }\n",
+    );
+    let o = vprompt(&["validate", good.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 objects"), "{out}");
+    assert!(
+        out.contains("object 1 on frame 0: mask") && out.contains("1 px"),
+        "{out}"
+    );
+    assert!(
+        out.contains("object 2 on frame 4: box [1, 2, 30, 40], 1 negative points"),
+        "{out}"
+    );
+    // a mask without its object, and a prompt file's own checks, are errors naming the file and object
+    for (name, text, want) in [
+        (
+            "empty.yaml",
+            "objects:\n  - { id: 3, mask: empty.png }\n",
+            "object 3: the mask",
+        ),
+        (
+            "nothing.yaml",
+            "objects:\n  - { id: 4 }\n",
+            "give a mask, a box, points or scribbles",
+        ),
+    ] {
+        let p = write(tmp.path(), name, text);
+        let o = vprompt(&["validate", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(name) && stderr(&o).contains(want),
+            "{name}: {}",
+            stderr(&o)
+        );
+    }
+}

@@ -253,6 +253,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Validate { file, set } => {
+            if is_prompt_file(&file) {
+                anyhow::ensure!(
+                    set.is_empty(),
+                    "{}: --set overrides keys of a pipeline file; this is a prompt file",
+                    file.display()
+                );
+                return validate_prompts(&file);
+            }
             let spec = PipelineSpec::load(&file, &set)?;
             let opts = SessionOptions {
                 device: spec.runtime.device.parse().map_err(anyhow::Error::msg)?,
@@ -545,6 +553,76 @@ fn execute(
 
 pub(crate) fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Whether `path` holds a prompt file (a mapping with `objects` and no `source`) rather than a pipeline.
+fn is_prompt_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Ok(serde_yaml::Value::Mapping(m)) => m.contains_key("objects") && !m.contains_key("source"),
+        _ => false,
+    }
+}
+
+/// `vprompt validate` on a prompt file: every check a run makes before its first frame (fields, limits,
+/// mask files), plus each mask read and holding its object; one line per object.
+fn validate_prompts(path: &Path) -> Result<i32> {
+    let file = PromptFile::load(path)?;
+    println!(
+        "prompt file {}: {} objects",
+        path.display(),
+        file.objects.len()
+    );
+    for o in &file.objects {
+        let mut what = Vec::new();
+        if let Some(m) = &o.mask {
+            let labels = crate::sink::palette::read(m)?;
+            let want = o.mask_value;
+            let n = labels
+                .data
+                .iter()
+                .filter(|&&v| want.map_or(v != 0, |w| v == w))
+                .count();
+            anyhow::ensure!(
+                n > 0,
+                "{}: object {}: the mask {} has no pixel {}; mark the object in it or fix `mask_value`",
+                path.display(),
+                o.id,
+                m.display(),
+                want.map_or("other than 0".to_string(), |w| format!("of value {w}"))
+            );
+            what.push(format!(
+                "mask {} ({}x{}, {n} px)",
+                m.display(),
+                labels.width,
+                labels.height
+            ));
+        }
+        if let Some(b) = o.box_xyxy {
+            what.push(format!("box [{}, {}, {}, {}]", b[0], b[1], b[2], b[3]));
+        }
+        if !o.points.is_empty() {
+            what.push(format!("{} points", o.points.len()));
+        }
+        if !o.negative_points.is_empty() {
+            what.push(format!("{} negative points", o.negative_points.len()));
+        }
+        if !o.scribbles.is_empty() {
+            what.push(format!("{} scribbles", o.scribbles.len()));
+        }
+        println!(
+            "  object {} on frame {}: {}",
+            o.id,
+            o.frame,
+            what.join(", ")
+        );
+    }
+    println!(
+        "ok: the prompt file is valid (frames and sizes are checked against a source when it runs)"
+    );
+    Ok(0)
 }
 
 /// The prompt file of `propagate --box / --point / --negative-point`: object 1 on `frame`, exactly as
