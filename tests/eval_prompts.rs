@@ -9,16 +9,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use image::{Rgb, RgbImage};
 
-fn coco128() -> PathBuf {
-    let data = root().join("../shared/data/coco128");
-    assert!(
-        data.is_dir(),
-        "the development data is expected at {}",
-        data.display()
-    );
-    data
-}
-
 fn json_out(o: &std::process::Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
     serde_json::from_slice(&o.stdout).expect("--json prints JSON")

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use vprompt::bank::exemplars::parse_segmentation;
 use vprompt::post::distance::most_interior_pixel;
@@ -16,16 +14,6 @@ use vprompt::post::BinaryMask;
 use vprompt::sink::palette;
 
 const MIN_AREA: f64 = 20_000.0;
-
-fn coco128() -> PathBuf {
-    let data = root().join("../shared/data/coco128");
-    assert!(
-        data.is_dir(),
-        "the development data is expected at {}",
-        data.display()
-    );
-    data
-}
 
 /// One evaluation image: its file, size and the instances of at least `MIN_AREA` px.
 struct Scene {

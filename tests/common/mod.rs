@@ -12,6 +12,17 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
+/// COCO128 of the shared development data (`../shared/data/coco128`).
+pub fn coco128() -> PathBuf {
+    let data = root().join("../shared/data/coco128");
+    assert!(
+        data.is_dir(),
+        "the development data is expected at {}",
+        data.display()
+    );
+    data
+}
+
 /// Runs the binary; whatever the input, it must never panic.
 pub fn vprompt(args: &[&str]) -> Output {
     let o = Command::new(env!("CARGO_BIN_EXE_vprompt"))
