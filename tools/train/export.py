@@ -64,6 +64,19 @@ def single_file(path):
     return mp
 
 
+def strip_stack_metadata(mp):
+    """Removes the per-node metadata (source file paths and stack traces) the exporter adds, in the main graph
+    and in local functions; returns how many entries were removed. The computation is unchanged."""
+    n = 0
+    nodes = list(mp.graph.node) + [x for f in mp.functions for x in f.node]
+    for node in nodes:
+        n += len(node.metadata_props)
+        del node.metadata_props[:]
+    n += len(mp.graph.metadata_props)
+    del mp.graph.metadata_props[:]
+    return n
+
+
 def export_one(mod, args, names_in, names_out, dyn, path, opset):
     from torch.export import Dim  # noqa
 
@@ -71,8 +84,9 @@ def export_one(mod, args, names_in, names_out, dyn, path, opset):
     prog = torch.onnx.export(mod, args, path, input_names=names_in, output_names=names_out, dynamic_shapes=dyn,
                              opset_version=opset, dynamo=True, external_data=True, verbose=False)
     mp = single_file(path)
+    # the exporter records each node's Python stack (file paths of the exporting machine): drop it
+    changed = strip_stack_metadata(mp) > 0
     # the exporter names the query dim after its formula (e.g. '2*points + 50'); call it 'queries'
-    changed = False
     for v in mp.graph.output:
         for d in v.type.tensor_type.shape.dim:
             if d.dim_param and "points" in d.dim_param and d.dim_param != "points":
