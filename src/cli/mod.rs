@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::model::{Model, SessionOptions};
 use crate::pipeline::{run, RunOptions, RunReport};
-use crate::prompt::PromptFile;
+use crate::prompt::{ObjectPrompt, PromptFile};
 use crate::spec::PipelineSpec;
 
 #[derive(Parser)]
@@ -335,12 +335,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     path
                 }
                 (None, None) if box_xyxy.is_some() || !points.is_empty() => {
+                    let file = quick_prompt(frame, box_xyxy, points, negative_points)?;
                     let path = out.join("prompts.yaml");
-                    std::fs::write(
-                        &path,
-                        quick_prompt(frame, box_xyxy, &points, &negative_points),
-                    )
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                    write_prompts(&file, &path)?;
                     path
                 }
                 (None, None) if !negative_points.is_empty() => {
@@ -580,11 +577,7 @@ fn validate_prompts(path: &Path) -> Result<i32> {
         if let Some(m) = &o.mask {
             let labels = crate::sink::palette::read(m)?;
             let want = o.mask_value;
-            let n = labels
-                .data
-                .iter()
-                .filter(|&&v| want.map_or(v != 0, |w| v == w))
-                .count();
+            let n = crate::prompt::raster::object_pixels(&labels, want).area();
             anyhow::ensure!(
                 n > 0,
                 "{}: object {}: the mask {} has no pixel {}; mark the object in it or fix `mask_value`",
@@ -626,28 +619,27 @@ fn validate_prompts(path: &Path) -> Result<i32> {
 }
 
 /// The prompt file of `propagate --box / --point / --negative-point`: object 1 on `frame`, exactly as
-/// the same fields in a prompt file (the file is checked when the pipeline loads it).
+/// the same fields in a prompt file, checked as one.
 fn quick_prompt(
     frame: u64,
     box_xyxy: Option<[f32; 4]>,
-    points: &[[f32; 2]],
-    negative: &[[f32; 2]],
-) -> String {
-    let xy = |v: &[[f32; 2]]| {
-        let items: Vec<String> = v.iter().map(|p| format!("[{}, {}]", p[0], p[1])).collect();
-        format!("[{}]", items.join(", "))
+    points: Vec<[f32; 2]>,
+    negative_points: Vec<[f32; 2]>,
+) -> Result<PromptFile> {
+    let file = PromptFile {
+        objects: vec![ObjectPrompt {
+            id: 1,
+            frame,
+            mask: None,
+            mask_value: None,
+            box_xyxy,
+            points,
+            negative_points,
+            scribbles: vec![],
+        }],
     };
-    let mut fields = vec!["id: 1".to_string(), format!("frame: {frame}")];
-    if let Some(b) = box_xyxy {
-        fields.push(format!("box: [{}, {}, {}, {}]", b[0], b[1], b[2], b[3]));
-    }
-    if !points.is_empty() {
-        fields.push(format!("points: {}", xy(points)));
-    }
-    if !negative.is_empty() {
-        fields.push(format!("negative_points: {}", xy(negative)));
-    }
-    format!("objects:\n  - {{ {} }}\n", fields.join(", "))
+    file.check().map_err(anyhow::Error::msg)?;
+    Ok(file)
 }
 
 /// `x,y` in frame pixels.
@@ -679,23 +671,15 @@ fn parse_numbers(s: &str, n: usize, want: &str) -> std::result::Result<Vec<f32>,
     Ok(v)
 }
 
+/// Writes `file` as YAML (serde), mask paths made absolute so that the file can live anywhere.
 fn write_prompts(file: &PromptFile, path: &Path) -> Result<()> {
-    let mut text = String::from("objects:\n");
-    for o in &file.objects {
-        let mask = o
-            .mask
-            .as_ref()
-            .map(|m| std::path::absolute(m).unwrap_or_else(|_| m.clone()));
-        text.push_str(&format!(
-            "  - {{ id: {}, frame: {}, mask: {}{} }}\n",
-            o.id,
-            o.frame,
-            yaml_str(&mask.unwrap_or_default().to_string_lossy()),
-            o.mask_value
-                .map(|v| format!(", mask_value: {v}"))
-                .unwrap_or_default()
-        ));
+    let mut file = file.clone();
+    for o in &mut file.objects {
+        if let Some(m) = &mut o.mask {
+            *m = std::path::absolute(&*m).unwrap_or_else(|_| m.clone());
+        }
     }
+    let text = serde_yaml::to_string(&file).context("cannot write the prompts as YAML")?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::sink::palette;
@@ -18,14 +18,14 @@ pub const MAX_POINTS_PER_OBJECT: usize = 10_000;
 /// Largest prompt file read (bytes).
 pub const MAX_PROMPT_FILE_BYTES: u64 = 16 << 20;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptFile {
     pub objects: Vec<ObjectPrompt>,
 }
 
-/// One object to follow, prompted on one frame.
-#[derive(Debug, Clone, Deserialize)]
+/// One object to follow, prompted on one frame. Written back (serde) with only the fields it has.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectPrompt {
     /// Object id, 1..=255: the palette index in label PNGs.
@@ -34,25 +34,25 @@ pub struct ObjectPrompt {
     #[serde(default)]
     pub frame: u64,
     /// A mask PNG: binary (any non-zero pixel), or a palette/grayscale PNG with `mask_value` picking one id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_value: Option<u8>,
     /// `xyxy` in frame pixels.
-    #[serde(default, rename = "box")]
+    #[serde(default, rename = "box", skip_serializing_if = "Option::is_none")]
     pub box_xyxy: Option<[f32; 4]>,
     /// Positive points `(x, y)` in frame pixels.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<[f32; 2]>,
     /// Negative points: carved out of the prompt region.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub negative_points: Vec<[f32; 2]>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scribbles: Vec<Scribble>,
 }
 
 /// A polyline of at least one point, drawn `width` frame pixels wide.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scribble {
     pub points: Vec<[f32; 2]>,

@@ -9,6 +9,18 @@ use crate::sink::palette;
 /// Most pixel writes one object's scribbles may take to draw (long, very wide scribbles).
 pub const MAX_SCRIBBLE_WORK: f64 = 1e9;
 
+/// The pixels of a mask PNG that mark an object: those of `value`, or without one every non-zero pixel.
+pub fn object_pixels(labels: &palette::Labels, value: Option<u8>) -> BinaryMask {
+    let mut m = BinaryMask::empty(labels.width, labels.height);
+    for (d, &v) in m.data.iter_mut().zip(&labels.data) {
+        *d = match value {
+            Some(want) => (v == want) as u8,
+            None => (v != 0) as u8,
+        };
+    }
+    m
+}
+
 /// Rasterises `o` on a `width x height` frame; errors name the object, the frame and the fix.
 pub fn rasterize(o: &ObjectPrompt, width: u32, height: u32) -> Result<BinaryMask, Error> {
     let err = |msg: String| Error::Object {
@@ -29,12 +41,7 @@ pub fn rasterize(o: &ObjectPrompt, width: u32, height: u32) -> Result<BinaryMask
                 labels.height
             )));
         }
-        for (d, &v) in m.data.iter_mut().zip(&labels.data) {
-            *d = match o.mask_value {
-                Some(want) => (v == want) as u8,
-                None => (v != 0) as u8,
-            };
-        }
+        m = object_pixels(&labels, o.mask_value);
         if m.area() == 0 {
             return Err(err(format!(
                 "mask {} has no pixel for this object{}; it must mark the object",
