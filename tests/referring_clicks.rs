@@ -11,7 +11,8 @@ use common::*;
 use vprompt::bank::exemplars::parse_segmentation;
 use vprompt::post::distance::most_interior_pixel;
 use vprompt::post::BinaryMask;
-use vprompt::sink::palette;
+use vprompt::prompt::raster::object_pixels;
+use vprompt::sink::palette::{self, Labels};
 
 const MIN_AREA: f64 = 20_000.0;
 
@@ -62,18 +63,8 @@ fn scenes() -> Vec<Scene> {
     out
 }
 
-fn iou(labels: &[u8], id: u8, m: &BinaryMask) -> f64 {
-    let (mut inter, mut union) = (0u64, 0u64);
-    for (&l, &g) in labels.iter().zip(&m.data) {
-        let (p, g) = (l == id, g != 0);
-        inter += (p && g) as u64;
-        union += (p || g) as u64;
-    }
-    inter as f64 / union.max(1) as f64
-}
-
 /// Clicks every object of `s` as objects 1..n on one frame; returns the label map.
-fn click_all(s: &Scene) -> Vec<u8> {
+fn click_all(s: &Scene) -> Labels {
     let tmp = tempfile::tempdir().unwrap();
     let frames = tmp.path().join("frames");
     std::fs::create_dir_all(&frames).unwrap();
@@ -106,7 +97,7 @@ fn click_all(s: &Scene) -> Vec<u8> {
     assert!(o.status.success(), "{}: {}", s.file, stderr(&o));
     let labels = palette::read(&tmp.path().join("out/masks/00000.png")).unwrap();
     assert_eq!((labels.width, labels.height), (s.w, s.h));
-    labels.data
+    labels
 }
 
 #[test]
@@ -124,10 +115,11 @@ fn a_click_on_each_object_gives_each_its_own_mask() {
         let mut all_ok = true;
         for i in 0..s.objects.len() {
             let id = i as u8 + 1;
-            let own = iou(&labels, id, &s.objects[i]);
+            let mask = object_pixels(&labels, Some(id));
+            let own = mask.iou(&s.objects[i]);
             let other = (0..s.objects.len())
                 .filter(|&j| j != i)
-                .map(|j| iou(&labels, id, &s.objects[j]))
+                .map(|j| mask.iou(&s.objects[j]))
                 .fold(0.0, f64::max);
             clicks += 1;
             own_best += (own > other) as usize;
