@@ -1,6 +1,8 @@
 """Prompted segmentation mIoU of an exported model with ONNX Runtime (the Python cross-check of
 `vprompt eval prompts`): every instance (bbox >= min-size on both sides) prompted by its box or one click at
 its most interior pixel; the candidate with the highest predicted IoU among the K levels is the answer.
+Diagnostics beside it: `*_best` the better of the K levels (an oracle), `*_stab` the choice by predicted IoU x
+SAM's stability score, `click2` the click's mask box decoded again as a box.
 
 python3 eval_prompts.py --model ../../models/vprompt-lite0 --gt coco.json --images DIR [--files a.jpg,b.jpg]
 """
@@ -45,7 +47,8 @@ def main():
         imgs = imgs[len(imgs) // 2:]
     if args.limit:
         imgs = imgs[: args.limit]
-    res = {"box": [], "click": [], "filled": [], "area": [], "box_best": [], "click_best": [], "click2": []}
+    kinds = ("box", "click", "filled", "box_best", "click_best", "box_stab", "click_stab", "click2")
+    res = {k: [] for k in kinds + ("area",)}
     for im in imgs:
         anns = [a for a in coco.imgToAnns[im["id"]] if not a.get("iscrowd", 0)]
         anns = [a for a in anns if a["bbox"][2] >= args.min_size and a["bbox"][3] >= args.min_size]
@@ -89,23 +92,36 @@ def main():
         iou, boxes, emb, me = dec.run(None, inputs)
         iou, me = iou[0, G:].reshape(-1, K), me[0, G:].reshape(len(r), K, -1)
         mf = torch.from_numpy(f[3][0])
+
+        def grid_logits(embed):
+            return torch.einsum("m,mhw->hw", torch.from_numpy(embed), mf)
+
+        def frame_mask(lg):
+            """stride-4 logits -> binary mask at the image's size (input crop, then the image's size)."""
+            lg = F.interpolate(lg[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
+            lg = F.interpolate(lg[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            return (lg > 0).numpy()
+
+        def iou_with(p, m):
+            return (p & m).sum() / max(1, (p | m).sum())
+
         for n, (m, filled) in enumerate(gts):
             for kind, row in (("box", 2 * n), ("click", 2 * n + 1)):
-                ious = []
+                ious, stab = [], []
                 for k in range(K):
-                    lg = torch.einsum("m,mhw->hw", torch.from_numpy(me[row, k]), mf)
-                    lg = F.interpolate(lg[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
-                    lg = F.interpolate(lg[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-                    p = (lg > 0).numpy()
-                    ious.append((p & m).sum() / max(1, (p | m).sum()))
+                    lg = grid_logits(me[row, k])
+                    # SAM's stability score: cells above logit +1 among those above -1
+                    stab.append(float((lg > 1).sum()) / max(1, int((lg > -1).sum())))
+                    p = frame_mask(lg)
+                    ious.append(iou_with(p, m))
                     if kind == "click":
                         res.setdefault("diag", []).append((n, k, float(iou[row, k]), ious[-1], p.sum() / m.sum(), (p & m).sum() / m.sum()))
                 res[kind].append(ious[int(np.argmax(iou[row]))])
                 res[kind + "_best"].append(max(ious))  # oracle over the K levels (diagnostic)
+                res[kind + "_stab"].append(ious[int(np.argmax(iou[row] * np.array(stab)))])  # choice rule experiment
             # refinement: the box of the click's chosen mask (model-input cells) as a box row, with the click
             row = 2 * n + 1
-            k = int(np.argmax(iou[row]))
-            lg = torch.einsum("m,mhw->hw", torch.from_numpy(me[row, k]), mf)
+            lg = grid_logits(me[row, int(np.argmax(iou[row]))])
             ys_, xs_ = np.nonzero((lg > 0).numpy())
             if len(ys_):
                 hh, ww = lg.shape
@@ -115,14 +131,10 @@ def main():
                 inputs2["anchors"] = np.array([b2], np.float32)
                 i2, _, _, me2 = dec.run(None, inputs2)
                 k2 = int(np.argmax(i2[0, G:]))
-                lg2 = torch.einsum("m,mhw->hw", torch.from_numpy(me2[0, G + k2]), mf)
-                lg2 = F.interpolate(lg2[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0, :nh, :nw]
-                lg2 = F.interpolate(lg2[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-                p2 = (lg2 > 0).numpy()
-                res["click2"].append((p2 & m).sum() / max(1, (p2 | m).sum()))
+                res["click2"].append(iou_with(frame_mask(grid_logits(me2[0, G + k2])), m))
             else:
                 res["click2"].append(0.0)
-            res["filled"].append((filled & m).sum() / max(1, (filled | m).sum()))
+            res["filled"].append(iou_with(filled, m))
             res["area"].append(m.sum())
     area = np.array(res["area"])
     buckets = {"small": area < 32 ** 2, "medium": (area >= 32 ** 2) & (area < 96 ** 2), "large": area >= 96 ** 2,
@@ -130,7 +142,7 @@ def main():
     out = {}
     for b, sel in buckets.items():
         out[b] = {"n": int(sel.sum())}
-        for kind in ("box", "click", "filled", "box_best", "click_best", "click2"):
+        for kind in kinds:
             v = np.array(res[kind])[sel]
             out[b][kind] = round(float(v.mean()), 4) if len(v) else None
     print(json.dumps(out, indent=1))
