@@ -101,6 +101,11 @@ enum Command {
         /// Parallel model workers.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// How each object's mask is made: `fused` (the decoder's referring re-ranked by, and its logits
+        /// joined with, a target model fitted on the reference frame), `rerank`, `target` (that model
+        /// alone) or `decoder` (referring alone).
+        #[arg(long, default_value = "fused", value_parser = ["decoder", "target", "rerank", "fused"])]
+        target: String,
         /// Skip the overlay video.
         #[arg(long)]
         no_video: bool,
@@ -321,6 +326,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             model,
             device,
             workers,
+            target,
             no_video,
             quiet,
         } => {
@@ -387,7 +393,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 ));
             }
             let text = format!(
-                "source: {{ {source} }}\nmodel: {}\nprompts: {}\njob: {{ kind: propagate }}\nsinks:\n{}\nruntime: {{ device: {}, workers: {workers} }}\n",
+                "source: {{ {source} }}\nmodel: {}\nprompts: {}\njob: {{ kind: propagate, target: {{ mode: {target} }} }}\nsinks:\n{}\nruntime: {{ device: {}, workers: {workers} }}\n",
                 yaml_str(&abs(&model).to_string_lossy()),
                 yaml_str(&abs(&prompts).to_string_lossy()),
                 sinks.join("\n"),

@@ -5,6 +5,7 @@
 pub mod generic;
 pub mod reference;
 pub mod referring;
+pub mod target;
 pub mod track;
 
 pub use generic::Labeler;

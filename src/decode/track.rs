@@ -6,19 +6,25 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use image::RgbImage;
+
 use super::reference::reference_mask;
 use super::referring::{candidates, dot, rank};
+use super::target::{augmented_views, TargetModel, View};
 use crate::error::{Error, Result};
-use crate::model::{Features, Letterbox, Model, Queries, Tensor};
-use crate::post::mask::{frame_logits, input_logits, mask_to_input};
+use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, Tensor};
+use crate::post::mask::{frame_logits, grid_logits, input_logits, mask_to_input, resize_plane};
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::{ObjectMemory, PromptFile};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, TargetMode};
 
 /// How many ranked queries are tried for an object before it is declared not found on a frame
 /// (a winner whose mask is at most `min_area` pixels gives way to the next).
 const TRIES: usize = 5;
+
+/// How many of the best-matching queries the target model re-ranks (`rerank`, `fused`).
+const RERANK: usize = 32;
 
 /// One object's result on one frame.
 #[derive(Debug, Clone)]
@@ -60,15 +66,22 @@ pub struct Tracker {
     job: JobSpec,
     prompts: PromptFile,
     memories: BTreeMap<u8, ObjectMemory>,
+    /// Per object its target model (none in `decoder` mode, or where the reference had no certain
+    /// object or background cell).
+    targets: BTreeMap<u8, TargetModel>,
+    /// Letterboxes the augmented views of reference frames.
+    pre: Preprocessor,
 }
 
 impl Tracker {
     pub fn new(model: Arc<Model>, job: JobSpec, prompts: PromptFile) -> Self {
         Tracker {
+            pre: Preprocessor::new(&model.spec.input),
             model,
             job,
             prompts,
             memories: BTreeMap::new(),
+            targets: BTreeMap::new(),
         }
     }
 
@@ -86,6 +99,7 @@ impl Tracker {
     pub fn step(
         &mut self,
         index: u64,
+        frame: &RgbImage,
         lb: &Letterbox,
         feats: &Features,
         queries: &Queries,
@@ -137,7 +151,11 @@ impl Tracker {
                         ),
                     }
                 }
-                masks.extend(mask_to_input(&m, lb));
+                let input_mask = mask_to_input(&m, lb);
+                if self.job.target.mode != TargetMode::Decoder {
+                    self.fit_target(o.id, o.frame, frame, &m, feats, lb, &input_mask)?;
+                }
+                masks.extend(input_mask);
             }
             let t = Tensor::new(vec![starting.len(), 1, size as usize, size as usize], masks);
             let embeds = self.model.encode_prompts(feats, &t)?;
@@ -167,21 +185,34 @@ impl Tracker {
                 continue;
             }
             let prompt = memory.lookup();
-            let ranked = rank(queries, &cands, &prompt, scale);
-            let mut pick = None;
-            for &(q, _) in ranked.iter().take(TRIES) {
-                let score = dot(queries.embed_row(q), &prompt).clamp(0.0, 1.0);
-                if score < self.job.min_score {
-                    break;
+            let target = match self.targets.get(&id) {
+                Some(t) => Some(t.scores(feats)?),
+                None => None,
+            };
+            let pick = match (self.job.target.mode, target) {
+                (TargetMode::Decoder, _) | (_, None) => {
+                    let ranked = rank(queries, &cands, &prompt, scale);
+                    let order: Vec<usize> = ranked.iter().map(|&(q, _)| q).collect();
+                    self.first_fit(&order, &prompt, queries, mask_feat, lb, None)
                 }
-                let il = input_logits(mask_feat, queries.mask_row(q), size);
-                let fl = frame_logits(&il, lb);
-                let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
-                if area > self.job.min_area {
-                    pick = Some((fl, (score, queries.iou[q]), il));
-                    break;
+                (TargetMode::Target, Some((cells, gw, gh))) => {
+                    let il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
+                    let fl = frame_logits(&il, lb);
+                    let inside: Vec<f32> = fl.iter().copied().filter(|&v| v > 0.0).collect();
+                    (inside.len() as u64 > self.job.min_area).then(|| {
+                        // Its confidence: the mean probability inside the mask.
+                        let conf =
+                            inside.iter().map(|&v| sigmoid(v)).sum::<f32>() / inside.len() as f32;
+                        (fl, (conf, conf), il)
+                    })
                 }
-            }
+                (mode, Some((cells, gw, gh))) => {
+                    let order = self.rerank(&cands, &prompt, queries, mask_feat, lb, &cells);
+                    let fuse = (mode == TargetMode::Fused)
+                        .then(|| resize_plane(&cells, gw, gw, gh, size as usize, size as usize));
+                    self.first_fit(&order, &prompt, queries, mask_feat, lb, fuse.as_deref())
+                }
+            };
             match pick {
                 Some((fl, scores, il)) => {
                     let remember = scores.0 >= self.job.memory_min_score;
@@ -252,6 +283,144 @@ impl Tracker {
             objects,
         })
     }
+}
+
+impl Tracker {
+    /// Fits object `id`'s target model on its reference frame (mask `m`, model-input mask `input_mask`)
+    /// and, with `augment`, on the augmented views of that frame.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_target(
+        &mut self,
+        id: u8,
+        at: u64,
+        frame: &RgbImage,
+        m: &BinaryMask,
+        feats: &Features,
+        lb: &Letterbox,
+        input_mask: &[f32],
+    ) -> Result<()> {
+        let aug = if self.job.target.augment {
+            augmented_views(frame, m)
+        } else {
+            vec![]
+        };
+        let s = self.pre.size() as usize;
+        let per = 3 * s * s;
+        let mut data = vec![0.0f32; per * aug.len()];
+        let mut boxes = Vec::with_capacity(aug.len());
+        let mut masks = Vec::with_capacity(aug.len());
+        for (i, (img, vm)) in aug.iter().enumerate() {
+            let vlb = self.pre.fill(img, &mut data[i * per..(i + 1) * per]);
+            masks.push(mask_to_input(vm, &vlb));
+            boxes.push(vlb);
+        }
+        let vfeats = if aug.is_empty() {
+            vec![]
+        } else {
+            self.model
+                .encode(&Tensor::new(vec![aug.len(), 3, s, s], data))?
+        };
+        let mut views = vec![View {
+            feats,
+            input_mask,
+            lb,
+        }];
+        for ((f, im), vlb) in vfeats.iter().zip(&masks).zip(&boxes) {
+            views.push(View {
+                feats: f,
+                input_mask: im,
+                lb: vlb,
+            });
+        }
+        match TargetModel::fit(&views, self.job.target.l2)? {
+            Some(t) => {
+                self.targets.insert(id, t);
+            }
+            None => tracing::warn!(
+                "object {id} on frame {at}: its mask leaves no certain object or background cell \
+                 of the feature grid; it is followed by the decoder alone"
+            ),
+        }
+        Ok(())
+    }
+
+    /// The candidates in the order the target model prefers: the best-matching `RERANK` queries by match
+    /// score plus `agreement` x the IoU of their mask with the target model's on the feature grid
+    /// (inside the letterboxed frame).
+    fn rerank(
+        &self,
+        cands: &[usize],
+        prompt: &[f32],
+        queries: &Queries,
+        mask_feat: &Tensor,
+        lb: &Letterbox,
+        cells: &[f32],
+    ) -> Vec<usize> {
+        let scale = self.model.spec.classifier.logit_scale;
+        let (gh, gw) = (mask_feat.shape[2], mask_feat.shape[3]);
+        let stride = (lb.size as usize / gw).max(1);
+        let inside = |i: usize| {
+            (i % gw) * stride < lb.scaled_w as usize && (i / gw) * stride < lb.scaled_h as usize
+        };
+        let mut scored: Vec<(usize, f32)> = rank(queries, cands, prompt, scale)
+            .into_iter()
+            .take(RERANK)
+            .map(|(q, _)| {
+                let (g, _, _) = grid_logits(mask_feat, queries.mask_row(q));
+                let (mut inter, mut union) = (0u32, 0u32);
+                for i in (0..gw * gh).filter(|&i| inside(i)) {
+                    let (a, b) = (g[i] > 0.0, cells[i] > 0.0);
+                    inter += (a && b) as u32;
+                    union += (a || b) as u32;
+                }
+                let agree = if union == 0 {
+                    0.0
+                } else {
+                    inter as f32 / union as f32
+                };
+                let score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
+                (q, score + self.job.target.agreement * agree)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.into_iter().map(|(q, _)| q).collect()
+    }
+
+    /// The first of `order` (tried up to `TRIES`) whose mask is larger than `min_area`: its frame logits,
+    /// (match score, predicted IoU) and model-input logits; with `fuse`, the target model's model-input
+    /// logits are added to the query's. Queries whose match score is below `min_score` are passed over.
+    #[allow(clippy::type_complexity)]
+    fn first_fit(
+        &self,
+        order: &[usize],
+        prompt: &[f32],
+        queries: &Queries,
+        mask_feat: &Tensor,
+        lb: &Letterbox,
+        fuse: Option<&[f32]>,
+    ) -> Option<(Vec<f32>, (f32, f32), Vec<f32>)> {
+        let size = self.model.input_size();
+        for &q in order.iter().take(TRIES) {
+            let score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
+            if score < self.job.min_score {
+                continue;
+            }
+            let mut il = input_logits(mask_feat, queries.mask_row(q), size);
+            if let Some(t) = fuse {
+                il.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+            }
+            let fl = frame_logits(&il, lb);
+            let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
+            if area > self.job.min_area {
+                return Some((fl, (score, queries.iou[q]), il));
+            }
+        }
+        None
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// A prediction as a prompt mask on its own frame: model-input pixels with a positive logit, inside the

@@ -90,12 +90,13 @@ impl Job {
     fn step(
         &mut self,
         index: u64,
+        frame: &RgbImage,
         lb: &Letterbox,
         feats: &Features,
         q: &Queries,
     ) -> Result<FrameObjects> {
         match self {
-            Job::Track(t) => t.step(index, lb, feats, q),
+            Job::Track(t) => t.step(index, frame, lb, feats, q),
             Job::Label(l) => l.label(lb, feats, q),
         }
     }
@@ -457,7 +458,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
                 let (outcome, stage, image) = match e.outcome {
                     Ok((lb, feats, queries)) => {
                         let t = Instant::now();
-                        let r = tracker.step(e.index, &lb, &feats, &queries);
+                        let r = tracker.step(e.index, &e.image, &lb, &feats, &queries);
                         st.record(1, t.elapsed());
                         if r.is_err() {
                             st.fail();

@@ -184,6 +184,62 @@ pub struct JobSpec {
     /// first sink's output).
     #[serde(default)]
     pub manifest: Option<PathBuf>,
+    /// propagate: the per-object target model learned online and how it joins the decoder.
+    #[serde(default)]
+    pub target: TargetSpec,
+}
+
+/// The online target model of the propagate job (`decode/target.rs`): per object a logistic regression
+/// over the encoder's features, fitted on the reference frame and augmented views of it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    #[serde(default)]
+    pub mode: TargetMode,
+    /// L2 penalty of the regression (larger: smoother, less fitted to the reference frame).
+    #[serde(default = "default_target_l2")]
+    pub l2: f32,
+    /// rerank / fused: weight of a candidate's agreement (IoU with the target model's mask) beside its
+    /// match score.
+    #[serde(default = "default_target_agreement")]
+    pub agreement: f32,
+    /// Fit on the reference frame plus its mirror image, a zoom-in and a zoom-out (true) or on the
+    /// reference frame alone (false).
+    #[serde(default = "yes")]
+    pub augment: bool,
+}
+
+impl Default for TargetSpec {
+    fn default() -> Self {
+        TargetSpec {
+            mode: TargetMode::default(),
+            l2: default_target_l2(),
+            agreement: default_target_agreement(),
+            augment: true,
+        }
+    }
+}
+
+fn default_target_l2() -> f32 {
+    1.0
+}
+fn default_target_agreement() -> f32 {
+    1.0
+}
+
+/// How the propagate job makes an object's mask on a frame.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetMode {
+    /// The decoder alone: the query that best matches the object's prompt memory (DINOv).
+    Decoder,
+    /// The target model alone: its score map is the mask.
+    Target,
+    /// The decoder's candidates re-ranked by match score plus agreement with the target model.
+    Rerank,
+    /// As `rerank`, and the mask's logits are the chosen query's plus the target model's.
+    #[default]
+    Fused,
 }
 
 /// The score of an auto-labeling detection.
@@ -243,6 +299,7 @@ impl Default for JobSpec {
             generic_score: GenericScore::default(),
             max_detections: default_max_detections(),
             manifest: None,
+            target: TargetSpec::default(),
         }
     }
 }
@@ -497,6 +554,13 @@ impl PipelineSpec {
                         .into(),
                 );
             }
+        }
+        let t = &self.job.target;
+        if !(t.l2 > 0.0 && t.l2.is_finite()) {
+            return Err("job.target.l2: must be a positive number (e.g. 1.0)".into());
+        }
+        if !(t.agreement >= 0.0 && t.agreement.is_finite()) {
+            return Err("job.target.agreement: must be a number >= 0 (e.g. 1.0)".into());
         }
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
