@@ -9,6 +9,8 @@
 //! iteratively reweighted least squares, a few milliseconds per frame and about a second per object
 //! when it is prompted. Features stay frozen: nothing here needs training data beyond the prompt.
 
+use std::collections::VecDeque;
+
 use image::imageops::{self, FilterType};
 use image::{GrayImage, Luma, RgbImage};
 
@@ -19,6 +21,9 @@ use crate::post::BinaryMask;
 
 /// Newton (IRLS) steps of the fit; it converges in 5-8 on real frames.
 const FIT_STEPS: usize = 10;
+
+/// Newton steps of an online update, which starts from the current weights.
+const UPDATE_STEPS: usize = 3;
 
 /// Most samples (grid cells over all views) a fit uses: beyond this, background cells are thinned
 /// evenly (their weight grows to match), so a fit stays under a second on two cores.
@@ -33,10 +38,32 @@ const POSITIVE_SHARE: f32 = 0.9;
 const ZOOM_IN: f32 = 1.25;
 const ZOOM_OUT: f32 = 0.75;
 
-/// One object's target model: weights over the feature channels of a grid cell, then a bias.
+/// One object's target model: weights over the feature channels of a grid cell, then a bias; and the
+/// samples it was fitted on (the reference views' for good, a few recent frames' for online updates).
 #[derive(Debug, Clone)]
 pub struct TargetModel {
     weights: Vec<f32>,
+    dim: usize,
+    reference: Samples,
+    recent: VecDeque<Samples>,
+}
+
+/// Labelled grid cells: `labels.len()` feature rows of `dim` entries each.
+#[derive(Debug, Clone, Default)]
+struct Samples {
+    rows: Vec<f32>,
+    labels: Vec<bool>,
+}
+
+impl Samples {
+    fn positives(&self) -> usize {
+        self.labels.iter().filter(|&&l| l).count()
+    }
+
+    fn has_both(&self) -> bool {
+        let p = self.positives();
+        p > 0 && p < self.labels.len()
+    }
 }
 
 /// The grid the target model reads: `mask_feat` `[1,M,H,W]` and `feat8` `[1,C,h,w]`, the latter read at
@@ -109,63 +136,56 @@ impl TargetModel {
     /// the views hold no certain object cell or no certain background cell (an object smaller than a
     /// grid cell, or one that fills the frame).
     pub fn fit(views: &[View], l2: f32) -> Result<Option<TargetModel>> {
-        let mut rows: Vec<f32> = Vec::new();
-        let mut labels: Vec<bool> = Vec::new();
+        let mut reference = Samples::default();
         let mut dim = 0;
         for v in views {
-            let grid = Grid::of(v.feats)?;
-            dim = grid.dim();
-            let (gw, gh) = (grid.width(), grid.height());
-            let s = v.lb.size as usize;
-            let stride = s / gw;
-            if stride == 0 || gh * stride > s || v.input_mask.len() != s * s {
-                return Err(Error::Runtime(format!(
-                    "target model: `mask_feat` grid {gw}x{gh} does not divide the {s} px input"
-                )));
-            }
-            let mut row = vec![0.0f32; dim];
-            for y in 0..gh {
-                for x in 0..gw {
-                    // Only cells wholly inside the letterboxed frame: padding is neither object nor scene.
-                    if (x + 1) * stride > v.lb.scaled_w as usize
-                        || (y + 1) * stride > v.lb.scaled_h as usize
-                    {
-                        continue;
-                    }
-                    let mut inside = 0.0f32;
-                    for yy in y * stride..(y + 1) * stride {
-                        let r = &v.input_mask[yy * s + x * stride..yy * s + (x + 1) * stride];
-                        inside += r.iter().sum::<f32>();
-                    }
-                    let share = inside / (stride * stride) as f32;
-                    let label = if share >= POSITIVE_SHARE {
-                        true
-                    } else if share <= 1.0 - POSITIVE_SHARE {
-                        false
-                    } else {
-                        continue;
-                    };
-                    grid.cell(x, y, &mut row);
-                    rows.extend_from_slice(&row);
-                    labels.push(label);
-                }
-            }
+            dim = collect(v, &mut reference)?;
         }
-        Ok(fit_logistic(&rows, &labels, dim, l2).map(|weights| TargetModel { weights }))
+        if !reference.has_both() {
+            return Ok(None);
+        }
+        let weights = fit_logistic(&[(&reference, 1.0)], dim, l2, None, FIT_STEPS);
+        Ok(weights.map(|weights| TargetModel {
+            weights,
+            dim,
+            reference,
+            recent: VecDeque::new(),
+        }))
+    }
+
+    /// Learns from a frame labelled by the tracker's own output: its cells join the fit (each recent
+    /// frame weighs `recent_weight` of the reference, at most `keep` recent frames, the oldest leaving
+    /// first) and the model takes a few Newton steps from where it is. A frame without a certain object
+    /// and background cell, or a step that fails, leaves the model as it was.
+    pub fn update(&mut self, view: &View, l2: f32, keep: usize, recent_weight: f32) -> Result<()> {
+        let mut s = Samples::default();
+        if collect(view, &mut s)? != self.dim || !s.has_both() || keep == 0 {
+            return Ok(());
+        }
+        self.recent.push_back(s);
+        while self.recent.len() > keep {
+            self.recent.pop_front();
+        }
+        let mut sets = vec![(&self.reference, 1.0)];
+        sets.extend(self.recent.iter().map(|r| (r, recent_weight as f64)));
+        if let Some(w) = fit_logistic(&sets, self.dim, l2, Some(&self.weights), UPDATE_STEPS) {
+            self.weights = w;
+        }
+        Ok(())
     }
 
     /// Logits of every grid cell of a frame (`W x H` of `mask_feat`, row-major), and the grid's size.
     pub fn scores(&self, feats: &Features) -> Result<(Vec<f32>, usize, usize)> {
         let grid = Grid::of(feats)?;
-        if grid.dim() + 1 != self.weights.len() {
+        if grid.dim() != self.dim {
             return Err(Error::Runtime(format!(
                 "target model: fitted on {} channels, the frame has {}",
-                self.weights.len() - 1,
+                self.dim,
                 grid.dim()
             )));
         }
         let (gw, gh) = (grid.width(), grid.height());
-        let bias = self.weights[grid.dim()];
+        let bias = self.weights[self.dim];
         // Channel-major sums: the fine map as it is, the coarse one per cell and then read per fine cell.
         let plane = gw * gh;
         let m = grid.mask_feat.shape[1];
@@ -189,57 +209,117 @@ impl TargetModel {
     }
 }
 
-/// L2-penalised logistic regression by Newton steps (IRLS) on `rows` (`n x dim`, row-major) with a bias
-/// appended; the classes weigh the same in all (each half the total weight). Returns `dim + 1` weights,
-/// or `None` when a class has no sample.
-fn fit_logistic(rows: &[f32], labels: &[bool], dim: usize, l2: f32) -> Option<Vec<f32>> {
-    let n = labels.len();
-    let pos = labels.iter().filter(|&&l| l).count();
-    if pos == 0 || pos == n {
-        return None;
+/// Appends the certain cells of a view to `out` and returns the feature dimension.
+fn collect(v: &View, out: &mut Samples) -> Result<usize> {
+    let grid = Grid::of(v.feats)?;
+    let dim = grid.dim();
+    let (gw, gh) = (grid.width(), grid.height());
+    let s = v.lb.size as usize;
+    let stride = s / gw.max(1);
+    if stride == 0 || gh * stride > s || v.input_mask.len() != s * s {
+        return Err(Error::Runtime(format!(
+            "target model: `mask_feat` grid {gw}x{gh} does not divide the {s} px input"
+        )));
     }
-    // Thin the background evenly past MAX_SAMPLES; the weights below restore the balance.
-    let neg_keep = (MAX_SAMPLES.saturating_sub(pos)).max(MAX_SAMPLES / 2);
-    let neg_step = (n - pos).div_ceil(neg_keep).max(1);
-    let mut kept: Vec<usize> = Vec::with_capacity(n.min(MAX_SAMPLES + pos));
-    let mut seen_neg = 0;
-    for (i, &l) in labels.iter().enumerate() {
-        if l {
-            kept.push(i);
-        } else {
-            if seen_neg % neg_step == 0 {
-                kept.push(i);
+    let mut row = vec![0.0f32; dim];
+    for y in 0..gh {
+        for x in 0..gw {
+            // Only cells wholly inside the letterboxed frame: padding is neither object nor scene.
+            if (x + 1) * stride > v.lb.scaled_w as usize
+                || (y + 1) * stride > v.lb.scaled_h as usize
+            {
+                continue;
             }
-            seen_neg += 1;
+            let mut inside = 0.0f32;
+            for yy in y * stride..(y + 1) * stride {
+                let r = &v.input_mask[yy * s + x * stride..yy * s + (x + 1) * stride];
+                inside += r.iter().sum::<f32>();
+            }
+            let share = inside / (stride * stride) as f32;
+            let label = if share >= POSITIVE_SHARE {
+                true
+            } else if share <= 1.0 - POSITIVE_SHARE {
+                false
+            } else {
+                continue;
+            };
+            grid.cell(x, y, &mut row);
+            out.rows.extend_from_slice(&row);
+            out.labels.push(label);
         }
     }
-    let kpos = kept.iter().filter(|&&i| labels[i]).count() as f64;
-    let kneg = kept.len() as f64 - kpos;
-    let total = kept.len() as f64;
-    let (wpos, wneg) = (0.5 * total / kpos, 0.5 * total / kneg);
+    Ok(dim)
+}
 
+/// L2-penalised logistic regression by Newton steps (IRLS) with a bias appended, over sample sets of
+/// given weights: within a set the two classes weigh the same (each half the set's weight per sample
+/// on average); past `MAX_SAMPLES` a set's background is thinned evenly. Starts from `init` (or zero)
+/// and takes at most `steps`. Returns `dim + 1` weights, `None` when the Hessian is not positive definite.
+fn fit_logistic(
+    sets: &[(&Samples, f64)],
+    dim: usize,
+    l2: f32,
+    init: Option<&[f32]>,
+    steps: usize,
+) -> Option<Vec<f32>> {
+    // (set, row index, weight, label) of every sample kept.
+    let mut kept: Vec<(&Samples, usize, f64, bool)> = Vec::new();
+    for &(set, set_weight) in sets {
+        let n = set.labels.len();
+        let pos = set.positives();
+        if pos == 0 || pos == n {
+            continue;
+        }
+        let neg_keep = MAX_SAMPLES.saturating_sub(pos).max(MAX_SAMPLES / 2);
+        let neg_step = (n - pos).div_ceil(neg_keep).max(1);
+        let first = kept.len();
+        let mut seen_neg = 0;
+        for (i, &l) in set.labels.iter().enumerate() {
+            if l || seen_neg % neg_step == 0 {
+                kept.push((set, i, 0.0, l));
+            }
+            seen_neg += !l as usize;
+        }
+        let ours = &mut kept[first..];
+        let kpos = ours.iter().filter(|k| k.3).count() as f64;
+        let total = ours.len() as f64;
+        let (wpos, wneg) = (0.5 * total / kpos, 0.5 * total / (total - kpos));
+        for k in ours {
+            k.2 = set_weight * if k.3 { wpos } else { wneg };
+        }
+    }
     let d = dim + 1;
-    let mut beta = vec![0.0f64; d];
-    let mut x = vec![0.0f64; d];
-    for _ in 0..FIT_STEPS {
+    let mut beta: Vec<f64> = match init {
+        Some(w) => w.iter().map(|&v| v as f64).collect(),
+        None => vec![0.0; d],
+    };
+    let mut x = vec![0.0f32; d];
+    // The Hessian's rank-one terms are summed in f32 (which vectorises twice as wide) over blocks of
+    // `FLUSH` samples, and the blocks in f64.
+    const FLUSH: usize = 512;
+    let mut block = vec![0.0f32; d * d];
+    for _ in 0..steps {
         let mut grad = vec![0.0f64; d];
         let mut hess = vec![0.0f64; d * d];
-        for &i in &kept {
-            for (xv, &r) in x.iter_mut().zip(&rows[i * dim..(i + 1) * dim]) {
-                *xv = r as f64;
-            }
+        for (n, &(set, i, w, label)) in kept.iter().enumerate() {
+            x[..dim].copy_from_slice(&set.rows[i * dim..(i + 1) * dim]);
             x[dim] = 1.0;
-            let z: f64 = x.iter().zip(&beta).map(|(a, b)| a * b).sum();
+            let z: f64 = x.iter().zip(&beta).map(|(&a, b)| a as f64 * b).sum();
             let p = 1.0 / (1.0 + (-z).exp());
-            let (y, w) = if labels[i] { (1.0, wpos) } else { (0.0, wneg) };
-            let g = w * (p - y);
-            let h = w * p * (1.0 - p);
+            let g = w * (p - label as u8 as f64);
+            let h = (w * p * (1.0 - p)) as f32;
             for a in 0..d {
-                grad[a] += g * x[a];
+                grad[a] += g * x[a] as f64;
                 let ha = h * x[a];
-                let row = &mut hess[a * d..a * d + a + 1];
+                let row = &mut block[a * d..a * d + a + 1];
                 for (hv, &xb) in row.iter_mut().zip(&x[..=a]) {
                     *hv += ha * xb;
+                }
+            }
+            if (n + 1) % FLUSH == 0 || n + 1 == kept.len() {
+                for (t, b) in hess.iter_mut().zip(block.iter_mut()) {
+                    *t += *b as f64;
+                    *b = 0.0;
                 }
             }
         }
@@ -254,7 +334,7 @@ fn fit_logistic(rows: &[f32], labels: &[bool], dim: usize, l2: f32) -> Option<Ve
             *b -= s;
             largest = largest.max(s.abs());
         }
-        if largest < 1e-5 {
+        if largest < 1e-4 {
             break;
         }
     }

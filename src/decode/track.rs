@@ -26,6 +26,14 @@ const TRIES: usize = 5;
 /// How many of the best-matching queries the target model re-ranks (`rerank`, `fused`).
 const RERANK: usize = 32;
 
+/// Recent frames a target model keeps learning from (`target.update_every`), and the weight of each
+/// beside the reference views.
+const RECENT: usize = 4;
+const RECENT_WEIGHT: f32 = 0.5;
+
+/// A prediction is learnt from only when its mask and the target model's overlap by this IoU.
+const UPDATE_AGREEMENT: f64 = 0.8;
+
 /// One object's result on one frame.
 #[derive(Debug, Clone)]
 pub struct ObjectResult {
@@ -71,6 +79,8 @@ pub struct Tracker {
     targets: BTreeMap<u8, TargetModel>,
     /// Letterboxes the augmented views of reference frames.
     pre: Preprocessor,
+    /// Per object its mask on the previous frame, on the feature grid (for `target.previous`).
+    previous: BTreeMap<u8, Vec<bool>>,
 }
 
 impl Tracker {
@@ -82,6 +92,7 @@ impl Tracker {
             prompts,
             memories: BTreeMap::new(),
             targets: BTreeMap::new(),
+            previous: BTreeMap::new(),
         }
     }
 
@@ -173,6 +184,8 @@ impl Tracker {
         );
         let scale = self.model.spec.classifier.logit_scale;
         let mut found: Vec<Found> = Vec::new();
+        // (object, model-input mask) of the predictions the target models learn from.
+        let mut learn: Vec<(u8, Vec<f32>)> = Vec::new();
         for (&id, memory) in &self.memories {
             if let Some((m, pred_iou)) = given.get(&id) {
                 // A reference mask wins its pixels over any prediction.
@@ -189,6 +202,10 @@ impl Tracker {
                 Some(t) => Some(t.scores(feats)?),
                 None => None,
             };
+            // The target model's mask on the grid, to judge whether a prediction is safe to learn from.
+            let target_grid: Option<Vec<bool>> = target
+                .as_ref()
+                .map(|(cells, _, _)| cells.iter().map(|&v| v > 0.0).collect());
             let pick = match (self.job.target.mode, target) {
                 (TargetMode::Decoder, _) | (_, None) => {
                     let ranked = rank(queries, &cands, &prompt, scale);
@@ -207,9 +224,14 @@ impl Tracker {
                     })
                 }
                 (mode, Some((cells, gw, gh))) => {
-                    let order = self.rerank(&cands, &prompt, queries, mask_feat, lb, &cells);
-                    let fuse = (mode == TargetMode::Fused)
-                        .then(|| resize_plane(&cells, gw, gw, gh, size as usize, size as usize));
+                    let prev = self.previous.get(&id).map(|p| p.as_slice());
+                    let order = self.rerank(&cands, &prompt, queries, mask_feat, lb, &cells, prev);
+                    let fuse = (mode == TargetMode::Fused).then(|| {
+                        let wt = self.job.target.weight;
+                        let mut il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
+                        il.iter_mut().for_each(|v| *v *= wt);
+                        il
+                    });
                     self.first_fit(&order, &prompt, queries, mask_feat, lb, fuse.as_deref())
                 }
             };
@@ -217,9 +239,41 @@ impl Tracker {
                 Some((fl, scores, il)) => {
                     let remember = scores.0 >= self.job.memory_min_score;
                     let input_mask = remember.then(|| input_mask(&il, lb));
+                    let grid = grid_cells(&il, lb, mask_feat.shape[3], mask_feat.shape[2]);
+                    if let Some(m) = &input_mask {
+                        let every = self.job.target.update_every;
+                        let start = self
+                            .prompts
+                            .objects
+                            .iter()
+                            .find(|o| o.id == id)
+                            .map_or(0, |o| o.frame);
+                        // Only predictions the target model already agrees with: learning from the
+                        // decoder's mistakes makes the model drift onto them.
+                        let agrees = target_grid.as_ref().is_some_and(|t| {
+                            grid_iou(&grid, t, lb, mask_feat.shape[3]) >= UPDATE_AGREEMENT
+                        });
+                        if every > 0 && index > start && (index - start) % every == 0 && agrees {
+                            learn.push((id, m.clone()));
+                        }
+                    }
+                    self.previous.insert(id, grid);
                     found.push((id, Some(fl), scores, input_mask));
                 }
-                None => found.push((id, None, (0.0, 0.0), None)),
+                None => {
+                    self.previous.remove(&id);
+                    found.push((id, None, (0.0, 0.0), None));
+                }
+            }
+        }
+        for (id, m) in learn {
+            if let Some(t) = self.targets.get_mut(&id) {
+                let view = View {
+                    feats,
+                    input_mask: &m,
+                    lb,
+                };
+                t.update(&view, self.job.target.l2, RECENT, RECENT_WEIGHT)?;
             }
         }
 
@@ -346,7 +400,8 @@ impl Tracker {
 
     /// The candidates in the order the target model prefers: the best-matching `RERANK` queries by match
     /// score plus `agreement` x the IoU of their mask with the target model's on the feature grid
-    /// (inside the letterboxed frame).
+    /// (inside the letterboxed frame), plus `previous` x their IoU with the object's previous mask.
+    #[allow(clippy::too_many_arguments)]
     fn rerank(
         &self,
         cands: &[usize],
@@ -355,31 +410,24 @@ impl Tracker {
         mask_feat: &Tensor,
         lb: &Letterbox,
         cells: &[f32],
+        prev: Option<&[bool]>,
     ) -> Vec<usize> {
         let scale = self.model.spec.classifier.logit_scale;
-        let (gh, gw) = (mask_feat.shape[2], mask_feat.shape[3]);
-        let stride = (lb.size as usize / gw).max(1);
-        let inside = |i: usize| {
-            (i % gw) * stride < lb.scaled_w as usize && (i / gw) * stride < lb.scaled_h as usize
-        };
+        let gw = mask_feat.shape[3];
+        let t = &self.job.target;
+        let target: Vec<bool> = cells.iter().map(|&v| v > 0.0).collect();
         let mut scored: Vec<(usize, f32)> = rank(queries, cands, prompt, scale)
             .into_iter()
             .take(RERANK)
             .map(|(q, _)| {
                 let (g, _, _) = grid_logits(mask_feat, queries.mask_row(q));
-                let (mut inter, mut union) = (0u32, 0u32);
-                for i in (0..gw * gh).filter(|&i| inside(i)) {
-                    let (a, b) = (g[i] > 0.0, cells[i] > 0.0);
-                    inter += (a && b) as u32;
-                    union += (a || b) as u32;
+                let mask: Vec<bool> = g.iter().map(|&v| v > 0.0).collect();
+                let mut score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
+                score += t.agreement * grid_iou(&mask, &target, lb, gw) as f32;
+                if let Some(p) = prev.filter(|_| t.previous > 0.0) {
+                    score += t.previous * grid_iou(&mask, p, lb, gw) as f32;
                 }
-                let agree = if union == 0 {
-                    0.0
-                } else {
-                    inter as f32 / union as f32
-                };
-                let score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
-                (q, score + self.job.target.agreement * agree)
+                (q, score)
             })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -416,6 +464,40 @@ impl Tracker {
             }
         }
         None
+    }
+}
+
+/// Model-input logits read at the centre of every cell of a `gw x gh` feature grid: the mask on the grid.
+fn grid_cells(logits: &[f32], lb: &Letterbox, gw: usize, gh: usize) -> Vec<bool> {
+    let s = lb.size as usize;
+    let stride = (s / gw.max(1)).max(1);
+    let mut out = vec![false; gw * gh];
+    for y in 0..gh {
+        for x in 0..gw {
+            let (px, py) = (
+                (x * stride + stride / 2).min(s - 1),
+                (y * stride + stride / 2).min(s - 1),
+            );
+            out[y * gw + x] = logits[py * s + px] > 0.0;
+        }
+    }
+    out
+}
+
+/// IoU of two masks on a `gw`-wide feature grid, over the cells inside the letterboxed frame.
+fn grid_iou(a: &[bool], b: &[bool], lb: &Letterbox, gw: usize) -> f64 {
+    let stride = (lb.size as usize / gw.max(1)).max(1);
+    let (mut inter, mut union) = (0u32, 0u32);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if (i % gw) * stride < lb.scaled_w as usize && (i / gw) * stride < lb.scaled_h as usize {
+            inter += (x && y) as u32;
+            union += (x || y) as u32;
+        }
+    }
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
     }
 }
 

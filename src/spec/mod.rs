@@ -207,6 +207,15 @@ pub struct TargetSpec {
     /// reference frame alone (false).
     #[serde(default = "yes")]
     pub augment: bool,
+    /// fused: weight of the target model's logits added to the chosen query's.
+    #[serde(default = "default_target_weight")]
+    pub weight: f32,
+    /// rerank / fused: weight of a candidate's IoU with the object's mask on the previous frame.
+    #[serde(default)]
+    pub previous: f32,
+    /// Learn online from the tracker's own output every this many frames (0: never).
+    #[serde(default)]
+    pub update_every: u64,
 }
 
 impl Default for TargetSpec {
@@ -216,6 +225,9 @@ impl Default for TargetSpec {
             l2: default_target_l2(),
             agreement: default_target_agreement(),
             augment: true,
+            weight: default_target_weight(),
+            previous: 0.0,
+            update_every: 0,
         }
     }
 }
@@ -224,6 +236,9 @@ fn default_target_l2() -> f32 {
     1.0
 }
 fn default_target_agreement() -> f32 {
+    1.0
+}
+fn default_target_weight() -> f32 {
     1.0
 }
 
@@ -559,8 +574,16 @@ impl PipelineSpec {
         if !(t.l2 > 0.0 && t.l2.is_finite()) {
             return Err("job.target.l2: must be a positive number (e.g. 1.0)".into());
         }
-        if !(t.agreement >= 0.0 && t.agreement.is_finite()) {
-            return Err("job.target.agreement: must be a number >= 0 (e.g. 1.0)".into());
+        for (key, v) in [
+            ("agreement", t.agreement),
+            ("weight", t.weight),
+            ("previous", t.previous),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!(
+                    "job.target.{key}: must be a number >= 0 (e.g. 1.0)"
+                ));
+            }
         }
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
