@@ -6,7 +6,9 @@ view is encoded once here instead of once per step.
 
 Every source gives two views (two independent augmentations of one composite, or two frames of one DAVIS
 sequence). Each view stores its features, its instance label map and, per instance, the prompt embedding of
-that instance computed on the OTHER view (the cross-view matching target).
+that instance computed on the OTHER view (the cross-view matching target). With --taps it also stores the
+frozen backbone's stride-4/8/16 outputs (24/40/112 channels, `t4/t8/t16`, ~0.34 MB per view at 256 px), so that
+a trained branch of the mask features (vp/local.py, `taps`) can read more than the FPN's 64 + 32 channels.
 
 python3 cache.py --out cache/v1 --duts 6000 --coco-rep 10 --davis 1200
 """
@@ -141,6 +143,7 @@ def main():
     ap.add_argument("--pastes", default="0,1,1,2,2,3", help="number of pasted objects, drawn from this list")
     ap.add_argument("--prefix", default="chunk", help="chunk file prefix (several caches can share a folder)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--taps", action="store_true", help="also store the backbone taps t4/t8/t16 (fp16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -220,7 +223,8 @@ def main():
         with torch.no_grad():
             for b in range(0, len(views), 32):
                 x = imgs[b:b + 32].contiguous(memory_format=torch.channels_last)
-                feats.append([t.contiguous() for t in model.encoder(x)])
+                out = model.encoder(x, with_taps=args.taps)
+                feats.append([t.contiguous() for t in out[:4] + (out[4] if args.taps else ())])
             f8, f16, f32, mf = (torch.cat([f[i] for f in feats]) for i in range(4))
             # prompt embedding of every kept instance on its view (mask prompt)
             pv_idx, pm = [], []
@@ -254,6 +258,9 @@ def main():
         np.save(path + ".f16.npy", f16.half().numpy())
         np.save(path + ".f32.npy", f32.half().numpy())
         np.save(path + ".mf.npy", mf.half().numpy())
+        if args.taps:
+            for i, k in enumerate(("t4", "t8", "t16")):
+                np.save(path + f".{k}.npy", torch.cat([f[4 + i] for f in feats]).half().numpy())
         np.save(path + ".lab.npy", lab)
         np.save(path + ".cross.npy", cross)
         np.save(path + ".self.npy", selfe)

@@ -2,9 +2,10 @@
 
 python3 export_local.py --base checkpoints/last.pt --ckpt checkpoints/local.pt --out ../../models/vprompt-lite0
 
-Graphs: `encoder` (image -> feat8/16/32 as before, mask_feat = frozen stride-4 features + adapter + positional
-tent bases), `prompt_encoder` (unchanged), `decoder` (feat8/16/32, mask_feat, anchors [N,4] -> the four query
-outputs). Checks the graphs against model.yaml, then PyTorch vs ONNX Runtime parity and timing.
+Graphs: `encoder` (image -> feat8/16/32 as before, mask_feat = frozen stride-4 features + adapter (+ its optional
+branches; the taps branch reads the backbone outputs the encoder computes anyway) + positional tent bases),
+`prompt_encoder` (unchanged), `decoder` (feat8/16/32, mask_feat, anchors [N,4] -> the four query outputs).
+Checks the graphs against model.yaml, then PyTorch vs ONNX Runtime parity and timing.
 """
 import argparse
 import os
@@ -29,8 +30,8 @@ class EncoderL(nn.Module):
         self.mf = local.mask_features
 
     def forward(self, image):
-        f8, f16, f32, mf = self.enc(image)
-        return f8, f16, f32, self.mf(f8, mf, f16)
+        f8, f16, f32, mf, taps = self.enc(image, with_taps=True)
+        return f8, f16, f32, self.mf(f8, mf, f16, taps)
 
 
 class DecoderL(nn.Module):

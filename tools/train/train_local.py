@@ -32,9 +32,11 @@ class Cache:
     """The cached views, chunk by chunk; chunks that cache.py finishes later are picked up by refresh()."""
 
     KEYS = ("f8", "f16", "f32", "mf", "lab", "cross", "self")
+    TAPS = ("t4", "t8", "t16")  # the backbone taps, in caches made with `cache.py --taps`
 
-    def __init__(self, root):
+    def __init__(self, root, taps=False):
         self.root = root
+        self.KEYS = self.KEYS + (self.TAPS if taps else ())
         self.chunks, self.meta, self.index, self.files = [], [], [], set()
         self.refresh()
 
@@ -154,7 +156,8 @@ def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0):
     rows = torch.from_numpy(np.stack(rows))
     tgts = torch.from_numpy(np.stack(tgts))  # [B,N]
     inst_boxes = torch.from_numpy(np.stack(boxes))  # [B,17,4]
-    mfeat = model.mask_features(f8, mf, f16)
+    taps = tuple(data[k].float() for k in Cache.TAPS) if "t4" in data else None
+    mfeat = model.mask_features(f8, mf, f16, taps)
     iou_p, pbox, emb, me = model.decoder((f8, f16, f32, mf), rows)
     h, w = mfeat.shape[-2:]
     # losses on P random cells of the stride-4 grid per view (the same cells for every query of the view)
@@ -298,6 +301,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other work shares the cores)")
     ap.add_argument("--init", default="")
     ap.add_argument("--refine", type=int, default=0, help="channels of the residual refinement branch of the mask features (0: none)")
+    ap.add_argument("--taps", type=int, nargs="?", const=64, default=0,
+                    help="channels of the mask features' branch on the backbone taps (needs a cache.py --taps cache; 0: none)")
     ap.add_argument("--rank", type=float, default=0.0, help="weight of the predicted-IoU ranking loss across levels")
     ap.add_argument("--gc", type=float, default=0.0, help="weight of the generic queries' prompt-matching loss")
     ap.add_argument("--cells", type=int, default=1024, help="stride-4 cells per view the mask losses are computed on")
@@ -308,10 +313,10 @@ def main():
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     t_load = time.time()
-    cache = Cache(args.cache)
+    cache = Cache(args.cache, taps=args.taps > 0)
     V = len(cache.index)
     print(f"cache: {V} views in {len(cache.chunks)} chunks loaded in {time.time() - t_load:.0f} s", flush=True)
-    model = LocalModel(refine=args.refine)
+    model = LocalModel(refine=args.refine, taps=args.taps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step, elapsed, seen = 0, 0.0, 0
     ck = os.path.join(args.out, "last_full.pt")
@@ -325,7 +330,8 @@ def main():
         st = torch.load(args.init, map_location="cpu", weights_only=False)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in st["model"].items()}, strict=False)
         assert not unexpected, unexpected
-        assert all(k.startswith("mask_features.refine.") for k in missing), missing
+        new = ("mask_features.refine.", "mask_features.tap_lat.", "mask_features.tap_head.")
+        assert all(k.startswith(new) for k in missing), missing
         print(f"init from {args.init} (step {st['step']}); new: {len(missing)} tensors", flush=True)
     budget = args.minutes * 60
     log = open(os.path.join(args.out, "train_log.jsonl"), "a")
@@ -375,7 +381,7 @@ def main():
             save()
             last_ck = time.time()
     save()
-    print(f"done: {step} steps, {seen} views", flush=True)
+    print(f"done: {step} steps, {seen} views, {seen / (time.time() - t0):.1f} views/s", flush=True)
 
 
 if __name__ == "__main__":

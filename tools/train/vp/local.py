@@ -45,10 +45,14 @@ def pool(anchors, f):
     return torch.einsum("bncy,bny->bnc", t, wy)
 
 
+TAP_CHANNELS = (24, 40, 112)  # EfficientNet-Lite0 stage outputs at stride 4, 8, 16 (vp/model.py)
+TAP_SCALE = 0.125  # the taps are linear-bottleneck outputs with std ~8 (cache.py); scaled to ~1 for the default init
+
+
 class MaskFeatures(nn.Module):
     """mask_feat for the contract: frozen stride-4 features (M0), a trained adapter (A), tent bases along x and y."""
 
-    def __init__(self, C=64, M0=32, A=32, knots=32, refine=0):
+    def __init__(self, C=64, M0=32, A=32, knots=32, refine=0, taps=0):
         super().__init__()
         self.knots = knots
         self.adapt = nn.Sequential(
@@ -76,14 +80,40 @@ class MaskFeatures(nn.Module):
             )
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
+        # optional residual branch (taps channels) on the frozen backbone's stride-4/8/16 taps rather than the
+        # FPN's outputs: the FPN squeezes 176 backbone channels into 64 + 32 trained for the v1 decoder, which
+        # limits the masks (run 1 plateaued). A small FPN of its own: 1x1 laterals summed at stride 4, then a 3x3
+        # and a dilated 3x3 depthwise conv; the last conv starts at zero, so a checkpoint without it is the start
+        self.tap_lat, self.tap_head = None, None
+        if taps:
+            self.tap_lat = nn.ModuleList(nn.Conv2d(c, taps, 1) for c in TAP_CHANNELS)
+            self.tap_head = nn.Sequential(
+                nn.ReLU(inplace=True),
+                nn.Conv2d(taps, taps, 3, padding=1, groups=taps),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(taps, taps, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(taps, taps, 3, padding=2, dilation=2, groups=taps),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(taps, A, 1),
+            )
+            nn.init.zeros_(self.tap_head[-1].weight)
+            nn.init.zeros_(self.tap_head[-1].bias)
 
-    def forward(self, feat8, mask_feat, feat16=None):
+    def forward(self, feat8, mask_feat, feat16=None, taps=None):
+        """taps: the backbone's (x4, x8, x16), needed only with the taps branch."""
         B, _, h, w = mask_feat.shape
         up = F.interpolate(feat8, size=(h, w), mode="bilinear", align_corners=False)
         a = self.adapt(torch.cat((mask_feat, up), 1))
         if self.refine is not None:
             up16 = F.interpolate(feat16, size=(h, w), mode="bilinear", align_corners=False)
             a = a + self.refine(torch.cat((mask_feat, up, up16), 1))
+        if self.tap_head is not None:
+            x4, x8, x16 = (x * TAP_SCALE for x in taps)
+            t = self.tap_lat[0](x4)
+            for lat, x in zip(self.tap_lat[1:], (x8, x16)):
+                t = t + F.interpolate(lat(x), size=(h, w), mode="bilinear", align_corners=False)
+            a = a + self.tap_head(t)
         bx = tent_basis(w, self.knots, mask_feat.device)  # [k, w]
         by = tent_basis(h, self.knots, mask_feat.device)  # [k, h]
         px = bx[:, None, :].expand(self.knots, h, w)
@@ -198,10 +228,10 @@ class LocalModel(nn.Module):
 
     def __init__(self, **cfg):
         super().__init__()
-        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32, refine=0)
+        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32, refine=0, taps=0)
         self.cfg.update(cfg)
         c = self.cfg
-        self.mask_features = MaskFeatures(c["C"], c["M0"], c["A"], c["knots"], c["refine"])
+        self.mask_features = MaskFeatures(c["C"], c["M0"], c["A"], c["knots"], c["refine"], c["taps"])
         self.decoder = LocalDecoder(c["C"], c["M0"], c["A"], c["D"], c["G"], c["K"], knots=c["knots"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
