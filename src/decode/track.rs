@@ -3,7 +3,7 @@
 //! masks for the winners only, give each pixel to one object, and write confident predictions back into
 //! the memories.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use image::RgbImage;
@@ -13,7 +13,7 @@ use super::referring::{candidates, dot, rank};
 use super::target::{augmented_views, TargetModel, View};
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, Tensor};
-use crate::post::mask::{frame_logits, grid_logits, input_logits, mask_to_input, resize_plane};
+use crate::post::mask::{frame_logits, grid_masks, input_logits, mask_to_input, resize_plane};
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::{ObjectMemory, PromptFile};
@@ -33,6 +33,12 @@ const RECENT_WEIGHT: f32 = 0.5;
 
 /// A prediction is learnt from only when its mask and the target model's overlap by this IoU.
 const UPDATE_AGREEMENT: f64 = 0.8;
+
+/// The masks (logit > 0) of the queries re-ranked on a frame, on the feature grid `width` cells wide.
+struct QueryMasks {
+    width: usize,
+    masks: HashMap<usize, Vec<bool>>,
+}
 
 /// One object's result on one frame.
 #[derive(Debug, Clone)]
@@ -183,6 +189,35 @@ impl Tracker {
             self.job.nms_iou,
         );
         let scale = self.model.spec.classifier.logit_scale;
+        // The grid masks of every query some object's target model re-ranks, made in one pass.
+        let reranked: Vec<usize> = match self.job.target.mode {
+            TargetMode::Rerank | TargetMode::Fused => {
+                let mut all: Vec<usize> = self
+                    .memories
+                    .iter()
+                    .filter(|(id, _)| self.targets.contains_key(id) && !given.contains_key(id))
+                    .flat_map(|(_, m)| {
+                        rank(queries, &cands, &m.lookup(), scale)
+                            .into_iter()
+                            .take(RERANK)
+                            .map(|(q, _)| q)
+                    })
+                    .collect();
+                all.sort_unstable();
+                all.dedup();
+                all
+            }
+            _ => vec![],
+        };
+        let rows: Vec<&[f32]> = reranked.iter().map(|&q| queries.mask_row(q)).collect();
+        let query_masks = QueryMasks {
+            width: mask_feat.shape[3],
+            masks: reranked
+                .iter()
+                .copied()
+                .zip(grid_masks(mask_feat, &rows))
+                .collect(),
+        };
         let mut found: Vec<Found> = Vec::new();
         // (object, model-input mask) of the predictions the target models learn from.
         let mut learn: Vec<(u8, Vec<f32>)> = Vec::new();
@@ -225,7 +260,8 @@ impl Tracker {
                 }
                 (mode, Some((cells, gw, gh))) => {
                     let prev = self.previous.get(&id).map(|p| p.as_slice());
-                    let order = self.rerank(&cands, &prompt, queries, mask_feat, lb, &cells, prev);
+                    let order =
+                        self.rerank(&cands, &prompt, queries, &query_masks, lb, &cells, prev);
                     let fuse = (mode == TargetMode::Fused).then(|| {
                         let wt = self.job.target.weight;
                         let mut il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
@@ -407,27 +443,26 @@ impl Tracker {
         cands: &[usize],
         prompt: &[f32],
         queries: &Queries,
-        mask_feat: &Tensor,
+        query_masks: &QueryMasks,
         lb: &Letterbox,
         cells: &[f32],
         prev: Option<&[bool]>,
     ) -> Vec<usize> {
         let scale = self.model.spec.classifier.logit_scale;
-        let gw = mask_feat.shape[3];
+        let gw = query_masks.width;
         let t = &self.job.target;
         let target: Vec<bool> = cells.iter().map(|&v| v > 0.0).collect();
         let mut scored: Vec<(usize, f32)> = rank(queries, cands, prompt, scale)
             .into_iter()
             .take(RERANK)
-            .map(|(q, _)| {
-                let (g, _, _) = grid_logits(mask_feat, queries.mask_row(q));
-                let mask: Vec<bool> = g.iter().map(|&v| v > 0.0).collect();
+            .filter_map(|(q, _)| {
+                let mask = query_masks.masks.get(&q)?;
                 let mut score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
-                score += t.agreement * grid_iou(&mask, &target, lb, gw) as f32;
+                score += t.agreement * grid_iou(mask, &target, lb, gw) as f32;
                 if let Some(p) = prev.filter(|_| t.previous > 0.0) {
-                    score += t.previous * grid_iou(&mask, p, lb, gw) as f32;
+                    score += t.previous * grid_iou(mask, p, lb, gw) as f32;
                 }
-                (q, score)
+                Some((q, score))
             })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -70,6 +70,42 @@ pub fn grid_logits(mask_feat: &Tensor, mask_embed: &[f32]) -> (Vec<f32>, usize, 
     (out, w, h)
 }
 
+/// Masks (logit > 0) of several queries on the stride-4 grid, the same as `grid_logits(..) > 0` for each:
+/// the grid is walked in blocks of cells small enough to stay in cache while every query's weights pass
+/// over them, instead of every query reading all of `mask_feat` once.
+pub fn grid_masks(mask_feat: &Tensor, mask_embeds: &[&[f32]]) -> Vec<Vec<bool>> {
+    const BLOCK: usize = 256;
+    let (m, h, w) = (mask_feat.shape[1], mask_feat.shape[2], mask_feat.shape[3]);
+    let plane = h * w;
+    let n = mask_embeds.len();
+    let mut out = vec![vec![false; plane]; n];
+    let mut acc = vec![0.0f32; n * BLOCK];
+    let mut c0 = 0;
+    while c0 < plane {
+        let len = BLOCK.min(plane - c0);
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for c in 0..m {
+            let src = &mask_feat.data[c * plane + c0..c * plane + c0 + len];
+            for (q, e) in mask_embeds.iter().enumerate() {
+                if let Some(&wt) = e.get(c) {
+                    let a = &mut acc[q * BLOCK..q * BLOCK + len];
+                    a.iter_mut().zip(src).for_each(|(a, s)| *a += wt * s);
+                }
+            }
+        }
+        for (q, o) in out.iter_mut().enumerate() {
+            for (dst, &v) in o[c0..c0 + len]
+                .iter_mut()
+                .zip(&acc[q * BLOCK..q * BLOCK + len])
+            {
+                *dst = v > 0.0;
+            }
+        }
+        c0 += len;
+    }
+    out
+}
+
 /// Bilinear resize of a single-channel plane with half-pixel centres (PyTorch's `align_corners=False`).
 /// `src` is `sw x sh`, row-major; reads only the top-left `crop_w x crop_h` of it.
 pub fn resize_plane(
@@ -255,6 +291,25 @@ pub fn mask_to_input(mask: &BinaryMask, lb: &Letterbox) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grid_masks_agree_with_grid_logits() {
+        // 3 channels on a 20x30 grid (more cells than one block), values of both signs.
+        let data: Vec<f32> = (0..3 * 600)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let feat = Tensor::new(vec![1, 3, 20, 30], data);
+        let embeds: Vec<Vec<f32>> =
+            vec![vec![1.0, -0.5, 0.25], vec![-1.0, 0.0, 2.0], vec![0.3, 0.3]];
+        let refs: Vec<&[f32]> = embeds.iter().map(|e| e.as_slice()).collect();
+        let masks = grid_masks(&feat, &refs);
+        for (e, m) in embeds.iter().zip(&masks) {
+            let (g, _, _) = grid_logits(&feat, e);
+            let expect: Vec<bool> = g.iter().map(|&v| v > 0.0).collect();
+            assert_eq!(m, &expect);
+            assert!(m.iter().any(|&v| v) && m.iter().any(|&v| !v));
+        }
+    }
 
     #[test]
     fn resize_matches_half_pixel_bilinear() {
