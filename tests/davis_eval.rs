@@ -7,12 +7,7 @@ use common::*;
 
 #[test]
 fn eval_davis_matches_the_python_reference() {
-    let data = root().join("../shared/data/davis2016-train-240p");
-    assert!(
-        data.is_dir(),
-        "the development data is expected at {}",
-        data.display()
-    );
+    let data = davis();
     let tmp = tempfile::tempdir().unwrap();
     let (gt_root, pred_root) = (tmp.path().join("gt"), tmp.path().join("pred"));
     for seq in ["car-turn", "soccerball"] {

@@ -25,12 +25,7 @@ fn iou_on_second_frame(out: &Path, gt: &Path) -> f64 {
 
 #[test]
 fn target_model_finds_the_turned_car_where_referring_alone_does_not() {
-    let data = root().join("../shared/data/davis2016-train-240p");
-    assert!(
-        data.is_dir(),
-        "the development data is expected at {}",
-        data.display()
-    );
+    let data = davis();
     let tmp = tempfile::tempdir().unwrap();
     let frames = tmp.path().join("frames");
     std::fs::create_dir_all(&frames).unwrap();

@@ -12,15 +12,25 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// COCO128 of the shared development data (`../shared/data/coco128`).
-pub fn coco128() -> PathBuf {
-    let data = root().join("../shared/data/coco128");
+/// A folder of the shared development data (`../shared/data/<name>`), which must be there.
+fn shared_data(name: &str) -> PathBuf {
+    let data = root().join("../shared/data").join(name);
     assert!(
         data.is_dir(),
         "the development data is expected at {}",
         data.display()
     );
     data
+}
+
+/// COCO128 of the shared development data (`../shared/data/coco128`).
+pub fn coco128() -> PathBuf {
+    shared_data("coco128")
+}
+
+/// DAVIS-2016 train at 240p of the shared development data.
+pub fn davis() -> PathBuf {
+    shared_data("davis2016-train-240p")
 }
 
 /// Runs the binary; whatever the input, it must never panic.
