@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use image::imageops::{self, FilterType};
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
 
 use crate::error::{Error, Result};
 use crate::model::contract::names;
@@ -378,52 +378,54 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], d: usize) -> Option<Vec<f64>> {
     Some(y)
 }
 
-/// The augmented views of a reference frame and its object mask: the mirror image, a centre crop of
-/// `1 / ZOOM_IN` of each side, and the frame shrunk by `ZOOM_OUT` onto a black canvas of its own size.
-pub fn augmented_views(frame: &RgbImage, mask: &BinaryMask) -> Vec<(RgbImage, BinaryMask)> {
+/// The augmented views of a reference frame: the mirror image, a centre crop of `1 / ZOOM_IN` of each
+/// side, and the frame shrunk by `ZOOM_OUT` onto a black canvas of its own size. They do not depend on
+/// the objects, so a frame's views are encoded once for all objects starting on it.
+pub fn augmented_frames(frame: &RgbImage) -> Vec<RgbImage> {
+    augment(frame)
+}
+
+/// An object's mask in each of `augmented_frames`, in the same order.
+pub fn augmented_masks(mask: &BinaryMask) -> Vec<BinaryMask> {
     let gray = GrayImage::from_fn(mask.width, mask.height, |x, y| {
         Luma([mask.data[(y * mask.width + x) as usize] * 255])
     });
-    let back = |g: GrayImage| BinaryMask {
-        width: g.width(),
-        height: g.height(),
-        data: g.pixels().map(|p| (p[0] >= 128) as u8).collect(),
-    };
-    let (w, h) = frame.dimensions();
-    let mut out = vec![(
-        imageops::flip_horizontal(frame),
-        back(imageops::flip_horizontal(&gray)),
-    )];
+    augment(&gray)
+        .into_iter()
+        .map(|g| BinaryMask {
+            width: g.width(),
+            height: g.height(),
+            data: g.pixels().map(|p| (p[0] >= 128) as u8).collect(),
+        })
+        .collect()
+}
+
+/// The one geometry of the augmented views, for frames and masks alike.
+fn augment<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>) -> Vec<ImageBuffer<P, Vec<P::Subpixel>>>
+where
+    P: Pixel + 'static,
+{
+    let (w, h) = img.dimensions();
     let (cw, ch) = (
         ((w as f32 / ZOOM_IN).round() as u32).max(1),
         ((h as f32 / ZOOM_IN).round() as u32).max(1),
     );
-    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
-    out.push((
-        imageops::crop_imm(frame, x0, y0, cw, ch).to_image(),
-        back(imageops::crop_imm(&gray, x0, y0, cw, ch).to_image()),
-    ));
     let (sw, sh) = (
         ((w as f32 * ZOOM_OUT).round() as u32).max(1),
         ((h as f32 * ZOOM_OUT).round() as u32).max(1),
     );
-    let (ox, oy) = (((w - sw) / 2) as i64, ((h - sh) / 2) as i64);
-    let mut img = RgbImage::new(w, h);
+    let mut shrunk = ImageBuffer::new(w, h);
     imageops::overlay(
-        &mut img,
-        &imageops::resize(frame, sw, sh, FilterType::Triangle),
-        ox,
-        oy,
+        &mut shrunk,
+        &imageops::resize(img, sw, sh, FilterType::Triangle),
+        ((w - sw) / 2) as i64,
+        ((h - sh) / 2) as i64,
     );
-    let mut m = GrayImage::new(w, h);
-    imageops::overlay(
-        &mut m,
-        &imageops::resize(&gray, sw, sh, FilterType::Triangle),
-        ox,
-        oy,
-    );
-    out.push((img, back(m)));
-    out
+    vec![
+        imageops::flip_horizontal(img),
+        imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image(),
+        shrunk,
+    ]
 }
 
 #[cfg(test)]
@@ -537,7 +539,10 @@ mod tests {
             height: 10,
             data: (0..200).map(|i| (i % 20 < 5) as u8).collect(),
         };
-        let views = augmented_views(&frame, &mask);
+        let views: Vec<(RgbImage, BinaryMask)> = augmented_frames(&frame)
+            .into_iter()
+            .zip(augmented_masks(&mask))
+            .collect();
         assert_eq!(views.len(), 3);
         for (img, m) in &views {
             assert_eq!(img.dimensions(), (m.width, m.height));

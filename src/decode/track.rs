@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::reference::reference_mask;
 use super::referring::{candidates, dot, rank};
-use super::target::{augmented_views, TargetModel, View};
+use super::target::{augmented_frames, augmented_masks, TargetModel, View};
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, Tensor};
 use crate::post::mask::{frame_logits, grid_masks, input_logits, mask_to_input, resize_plane};
@@ -141,6 +141,7 @@ impl Tracker {
         let mut given: BTreeMap<u8, (BinaryMask, f32)> = BTreeMap::new();
         if !starting.is_empty() {
             let mut masks = Vec::with_capacity(starting.len() * s2);
+            let aug = self.encode_views(frame)?;
             for o in &starting {
                 // Rasterising also checks every coordinate of the prompt against the frame.
                 let mut m = rasterize(o, w, h)?;
@@ -170,7 +171,7 @@ impl Tracker {
                 }
                 let input_mask = mask_to_input(&m, lb);
                 if self.job.target.mode != TargetMode::Decoder {
-                    self.fit_target(o.id, o.frame, frame, &m, feats, lb, &input_mask)?;
+                    self.fit_target(o.id, o.frame, &m, feats, lb, &input_mask, &aug)?;
                 }
                 masks.extend(input_mask);
             }
@@ -376,46 +377,55 @@ impl Tracker {
 }
 
 impl Tracker {
+    /// The augmented views of a reference frame (`target::augmented_frames`), encoded in one batch:
+    /// their features and letterboxes. None without `target.augment` or in `decoder` mode.
+    fn encode_views(&mut self, frame: &RgbImage) -> Result<Vec<(Features, Letterbox)>> {
+        if !self.job.target.augment || self.job.target.mode == TargetMode::Decoder {
+            return Ok(vec![]);
+        }
+        let frames = augmented_frames(frame);
+        let s = self.pre.size() as usize;
+        let per = 3 * s * s;
+        let mut data = vec![0.0f32; per * frames.len()];
+        let boxes: Vec<Letterbox> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, img)| self.pre.fill(img, &mut data[i * per..(i + 1) * per]))
+            .collect();
+        let feats = self
+            .model
+            .encode(&Tensor::new(vec![frames.len(), 3, s, s], data))?;
+        Ok(feats.into_iter().zip(boxes).collect())
+    }
+
     /// Fits object `id`'s target model on its reference frame (mask `m`, model-input mask `input_mask`)
-    /// and, with `augment`, on the augmented views of that frame.
+    /// and on the frame's encoded augmented views, if any.
     #[allow(clippy::too_many_arguments)]
     fn fit_target(
         &mut self,
         id: u8,
         at: u64,
-        frame: &RgbImage,
         m: &BinaryMask,
         feats: &Features,
         lb: &Letterbox,
         input_mask: &[f32],
+        aug: &[(Features, Letterbox)],
     ) -> Result<()> {
-        let aug = if self.job.target.augment {
-            augmented_views(frame, m)
-        } else {
-            vec![]
-        };
-        let s = self.pre.size() as usize;
-        let per = 3 * s * s;
-        let mut data = vec![0.0f32; per * aug.len()];
-        let mut boxes = Vec::with_capacity(aug.len());
-        let mut masks = Vec::with_capacity(aug.len());
-        for (i, (img, vm)) in aug.iter().enumerate() {
-            let vlb = self.pre.fill(img, &mut data[i * per..(i + 1) * per]);
-            masks.push(mask_to_input(vm, &vlb));
-            boxes.push(vlb);
-        }
-        let vfeats = if aug.is_empty() {
+        let masks: Vec<Vec<f32>> = if aug.is_empty() {
             vec![]
         } else {
-            self.model
-                .encode(&Tensor::new(vec![aug.len(), 3, s, s], data))?
+            augmented_masks(m)
+                .iter()
+                .zip(aug)
+                .map(|(vm, (_, vlb))| mask_to_input(vm, vlb))
+                .collect()
         };
         let mut views = vec![View {
             feats,
             input_mask,
             lb,
         }];
-        for ((f, im), vlb) in vfeats.iter().zip(&masks).zip(&boxes) {
+        for ((f, vlb), im) in aug.iter().zip(&masks) {
             views.push(View {
                 feats: f,
                 input_mask: im,
