@@ -134,8 +134,9 @@ pub struct View<'a> {
 impl TargetModel {
     /// Fits the model on labelled views with L2 penalty `l2` on the weights (not the bias). `None` when
     /// the views hold no certain object cell or no certain background cell (an object smaller than a
-    /// grid cell, or one that fills the frame).
-    pub fn fit(views: &[View], l2: f32) -> Result<Option<TargetModel>> {
+    /// grid cell, or one that fills the frame). With `learns`, the model keeps its samples (up to 4 views
+    /// of the grid, ~20 MB at 320 px) so that `update` can refit; without, it keeps only its weights.
+    pub fn fit(views: &[View], l2: f32, learns: bool) -> Result<Option<TargetModel>> {
         let mut reference = Samples::default();
         let mut dim = 0;
         for v in views {
@@ -145,6 +146,9 @@ impl TargetModel {
             return Ok(None);
         }
         let weights = fit_logistic(&[(&reference, 1.0)], dim, l2, None, FIT_STEPS);
+        if !learns {
+            reference = Samples::default();
+        }
         Ok(weights.map(|weights| TargetModel {
             weights,
             dim,
@@ -156,10 +160,15 @@ impl TargetModel {
     /// Learns from a frame labelled by the tracker's own output: its cells join the fit (each recent
     /// frame weighs `recent_weight` of the reference, at most `keep` recent frames, the oldest leaving
     /// first) and the model takes a few Newton steps from where it is. A frame without a certain object
-    /// and background cell, or a step that fails, leaves the model as it was.
+    /// and background cell, or a step that fails, leaves the model as it was; so does any frame for a
+    /// model fitted without `learns`.
     pub fn update(&mut self, view: &View, l2: f32, keep: usize, recent_weight: f32) -> Result<()> {
         let mut s = Samples::default();
-        if collect(view, &mut s)? != self.dim || !s.has_both() || keep == 0 {
+        if self.reference.labels.is_empty()
+            || collect(view, &mut s)? != self.dim
+            || !s.has_both()
+            || keep == 0
+        {
             return Ok(());
         }
         self.recent.push_back(s);
@@ -478,6 +487,7 @@ mod tests {
                 lb: &lb,
             }],
             0.1,
+            false,
         )
         .unwrap()
         .expect("both classes present");
@@ -509,6 +519,7 @@ mod tests {
                 lb: &lb,
             }],
             1.0,
+            true,
         )
         .unwrap();
         assert!(fit.is_none());

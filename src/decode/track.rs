@@ -432,7 +432,8 @@ impl Tracker {
                 lb: vlb,
             });
         }
-        match TargetModel::fit(&views, self.job.target.l2)? {
+        let learns = self.job.target.update_every > 0;
+        match TargetModel::fit(&views, self.job.target.l2, learns)? {
             Some(t) => {
                 self.targets.insert(id, t);
             }
