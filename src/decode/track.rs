@@ -190,26 +190,26 @@ impl Tracker {
             self.job.nms_iou,
         );
         let scale = self.model.spec.classifier.logit_scale;
-        // The grid masks of every query some object's target model re-ranks, made in one pass.
-        let reranked: Vec<usize> = match self.job.target.mode {
-            TargetMode::Rerank | TargetMode::Fused => {
-                let mut all: Vec<usize> = self
-                    .memories
-                    .iter()
-                    .filter(|(id, _)| self.targets.contains_key(id) && !given.contains_key(id))
-                    .flat_map(|(_, m)| {
-                        rank(queries, &cands, &m.lookup(), scale)
-                            .into_iter()
-                            .take(RERANK)
-                            .map(|(q, _)| q)
-                    })
-                    .collect();
-                all.sort_unstable();
-                all.dedup();
-                all
-            }
-            _ => vec![],
+        // Per object re-ranked by its target model, its best-matching queries; the grid masks of all of
+        // them are made in one pass.
+        let shortlists: BTreeMap<u8, Vec<usize>> = match self.job.target.mode {
+            TargetMode::Rerank | TargetMode::Fused => self
+                .memories
+                .iter()
+                .filter(|(id, _)| self.targets.contains_key(id) && !given.contains_key(id))
+                .map(|(&id, m)| {
+                    let best = rank(queries, &cands, &m.lookup(), scale)
+                        .into_iter()
+                        .take(RERANK)
+                        .map(|(q, _)| q);
+                    (id, best.collect())
+                })
+                .collect(),
+            _ => BTreeMap::new(),
         };
+        let mut reranked: Vec<usize> = shortlists.values().flatten().copied().collect();
+        reranked.sort_unstable();
+        reranked.dedup();
         let rows: Vec<&[f32]> = reranked.iter().map(|&q| queries.mask_row(q)).collect();
         let query_masks = QueryMasks {
             width: mask_feat.shape[3],
@@ -238,7 +238,8 @@ impl Tracker {
                 Some(t) => Some(t.scores(feats)?),
                 None => None,
             };
-            // The target model's mask on the grid, to judge whether a prediction is safe to learn from.
+            // The target model's mask on the grid: what candidates are re-ranked by, and what a
+            // prediction must agree with to be learnt from.
             let target_grid: Option<Vec<bool>> = target
                 .as_ref()
                 .map(|(cells, _, _)| cells.iter().map(|&v| v > 0.0).collect());
@@ -261,8 +262,10 @@ impl Tracker {
                 }
                 (mode, Some((cells, gw, gh))) => {
                     let prev = self.previous.get(&id).map(|p| p.as_slice());
+                    let shortlist = shortlists.get(&id).map_or(&[][..], |v| v.as_slice());
+                    let target = target_grid.as_deref().unwrap_or(&[]);
                     let order =
-                        self.rerank(&cands, &prompt, queries, &query_masks, lb, &cells, prev);
+                        self.rerank(shortlist, &prompt, queries, &query_masks, lb, target, prev);
                     let fuse = (mode == TargetMode::Fused).then(|| {
                         let wt = self.job.target.weight;
                         let mut il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
@@ -276,25 +279,30 @@ impl Tracker {
                 Some((fl, scores, il)) => {
                     let remember = scores.0 >= self.job.memory_min_score;
                     let input_mask = remember.then(|| input_mask(&il, lb));
-                    let grid = grid_cells(&il, lb, mask_feat.shape[3], mask_feat.shape[2]);
-                    if let Some(m) = &input_mask {
-                        let every = self.job.target.update_every;
-                        let start = self
-                            .prompts
-                            .objects
-                            .iter()
-                            .find(|o| o.id == id)
-                            .map_or(0, |o| o.frame);
+                    let (gw, gh) = (mask_feat.shape[3], mask_feat.shape[2]);
+                    let every = self.job.target.update_every;
+                    let start = self
+                        .prompts
+                        .objects
+                        .iter()
+                        .find(|o| o.id == id)
+                        .map_or(0, |o| o.frame);
+                    let due = every > 0 && index > start && (index - start) % every == 0;
+                    // The mask on the grid only where something reads it: the next frame's prior, or
+                    // an update.
+                    let grid = (self.job.target.previous > 0.0 || (due && input_mask.is_some()))
+                        .then(|| grid_cells(&il, lb, gw, gh));
+                    if let (Some(m), Some(g), Some(t)) = (&input_mask, &grid, &target_grid) {
                         // Only predictions the target model already agrees with: learning from the
                         // decoder's mistakes makes the model drift onto them.
-                        let agrees = target_grid.as_ref().is_some_and(|t| {
-                            grid_iou(&grid, t, lb, mask_feat.shape[3]) >= UPDATE_AGREEMENT
-                        });
-                        if every > 0 && index > start && (index - start) % every == 0 && agrees {
+                        if due && grid_iou(g, t, lb, gw) >= UPDATE_AGREEMENT {
                             learn.push((id, m.clone()));
                         }
                     }
-                    self.previous.insert(id, grid);
+                    match grid.filter(|_| self.job.target.previous > 0.0) {
+                        Some(g) => self.previous.insert(id, g),
+                        None => self.previous.remove(&id),
+                    };
                     found.push((id, Some(fl), scores, input_mask));
                 }
                 None => {
@@ -445,31 +453,29 @@ impl Tracker {
         Ok(())
     }
 
-    /// The candidates in the order the target model prefers: the best-matching `RERANK` queries by match
-    /// score plus `agreement` x the IoU of their mask with the target model's on the feature grid
-    /// (inside the letterboxed frame), plus `previous` x their IoU with the object's previous mask.
+    /// The object's shortlist (its best-matching `RERANK` queries) in the order the target model
+    /// prefers: match score plus `agreement` x the IoU of a query's mask with the target model's mask
+    /// `target` on the feature grid (inside the letterboxed frame), plus `previous` x its IoU with the
+    /// object's previous mask.
     #[allow(clippy::too_many_arguments)]
     fn rerank(
         &self,
-        cands: &[usize],
+        shortlist: &[usize],
         prompt: &[f32],
         queries: &Queries,
         query_masks: &QueryMasks,
         lb: &Letterbox,
-        cells: &[f32],
+        target: &[bool],
         prev: Option<&[bool]>,
     ) -> Vec<usize> {
-        let scale = self.model.spec.classifier.logit_scale;
         let gw = query_masks.width;
         let t = &self.job.target;
-        let target: Vec<bool> = cells.iter().map(|&v| v > 0.0).collect();
-        let mut scored: Vec<(usize, f32)> = rank(queries, cands, prompt, scale)
-            .into_iter()
-            .take(RERANK)
-            .filter_map(|(q, _)| {
+        let mut scored: Vec<(usize, f32)> = shortlist
+            .iter()
+            .filter_map(|&q| {
                 let mask = query_masks.masks.get(&q)?;
                 let mut score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
-                score += t.agreement * grid_iou(mask, &target, lb, gw) as f32;
+                score += t.agreement * grid_iou(mask, target, lb, gw) as f32;
                 if let Some(p) = prev.filter(|_| t.previous > 0.0) {
                     score += t.previous * grid_iou(mask, p, lb, gw) as f32;
                 }
