@@ -40,12 +40,16 @@ pub struct QuerySpec {
     pub levels: usize,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierSpec {
     pub logit_scale: f32,
     #[serde(default)]
     pub logit_bias: f32,
+    /// Encoder outputs pooled inside a mask into the class descriptor of auto-labeling's proposals and
+    /// exemplars (`decode/proposals.rs`). Empty: every encoder output except `mask_feat`.
+    #[serde(default)]
+    pub descriptor: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +228,21 @@ impl ModelSpec {
             &[],
             &[PRED_IOU, PRED_BOXES, QUERY_EMBED, MASK_EMBED],
         )?;
+        for n in &self.classifier.descriptor {
+            match g.encoder.outputs.iter().find(|o| o.name == *n) {
+                Some(t) if t.shape.len() == 4 => {}
+                Some(_) => {
+                    return Err(bad(format!(
+                        "classifier.descriptor: `{n}` must be a 4-d feature map [batch, C, H, W]"
+                    )))
+                }
+                None => {
+                    return Err(bad(format!(
+                        "classifier.descriptor: `{n}` is not an encoder output; name one of graphs.encoder.outputs"
+                    )))
+                }
+            }
+        }
         let query = self.query_input_checked().map_err(bad)?;
         for (graph, spec, own) in [
             ("prompt_encoder", &g.prompt_encoder, PROMPT_MASK),

@@ -30,8 +30,8 @@ class EncoderL(nn.Module):
         self.mf = local.mask_features
 
     def forward(self, image):
-        f8, f16, f32, mf, taps = self.enc(image, with_taps=True)
-        return f8, f16, f32, self.mf(f8, mf, f16, taps)
+        f8, f16, f32, mf, taps, top = self.enc(image, with_taps=True, with_top=True)
+        return f8, f16, f32, self.mf(f8, mf, f16, taps), top
 
 
 class DecoderL(nn.Module):
@@ -53,6 +53,10 @@ def load(base_ckpt, local_ckpt):
     local = LocalModel(**lt["cfg"])
     local.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in lt["model"].items()})
     return base.eval(), local.eval(), lt
+
+
+# class_feat: the backbone's stride-32 output, which auto-labeling pools inside masks into class descriptors
+ENCODER_OUTPUTS = ["feat8", "feat16", "feat32", "mask_feat", "class_feat"]
 
 
 def grid_rows(g=20):
@@ -82,9 +86,9 @@ def main():
     img = torch.zeros(2, 3, S, S)
     enc = EncoderL(base, local).eval()
     with torch.no_grad():
-        f8, f16, f32, mf = enc(img)
+        f8, f16, f32, mf, _ = enc(img)
     t0 = time.time()
-    export_one(enc, (img,), ["image"], ["feat8", "feat16", "feat32", "mask_feat"], {"image": {0: batch}},
+    export_one(enc, (img,), ["image"], ENCODER_OUTPUTS, {"image": {0: batch}},
                os.path.join(args.out, "encoder.onnx"), args.opset)
     pm = torch.zeros(3, 1, S, S)
     pm[:, :, 100:200, 100:200] = 1
@@ -128,7 +132,8 @@ def main():
         "name": args.name,
         "input": {"size": S, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
         "queries": {"generic": G, "grid": 20, "levels": K},
-        "classifier": {"logit_scale": round(float(local.scale().item()), 6), "logit_bias": round(float(base.logit_bias.item()), 6)},
+        "classifier": {"logit_scale": round(float(local.scale().item()), 6), "logit_bias": round(float(base.logit_bias.item()), 6),
+                       "descriptor": ["class_feat"]},
         "graphs": {
             "encoder": {
                 "file": "encoder.onnx",
@@ -138,6 +143,7 @@ def main():
                     {"name": "feat16", "type": "f32", "shape": fs(C, 16)},
                     {"name": "feat32", "type": "f32", "shape": fs(C, 32)},
                     {"name": "mask_feat", "type": "f32", "shape": fs(M, 4)},
+                    {"name": "class_feat", "type": "f32", "shape": fs(base.encoder.backbone.channels[3], 32)},
                 ],
             },
             "prompt_encoder": {
@@ -206,10 +212,10 @@ def parity(enc, base, local, out, S, n_img=4):
     with torch.no_grad():
         tf = enc(x)
         of = sess["encoder"].run(None, {"image": x.numpy()})
-        for n, a, b in zip(["feat8", "feat16", "feat32", "mask_feat"], tf, of):
+        for n, a, b in zip(ENCODER_OUTPUTS, tf, of):
             diffs[n] = float(np.abs(a.numpy() - b).max())
         feats = dict(zip(["feat8", "feat16", "feat32", "mask_feat"], of))
-        td = dec(*[torch.from_numpy(a) for a in of], rows)
+        td = dec(*[torch.from_numpy(a) for a in of[:4]], rows)
         od = sess["decoder"].run(None, {**feats, "anchors": rows.numpy()})
         for n, a, b in zip(["pred_iou", "pred_boxes", "query_embed", "mask_embed"], td, od):
             diffs[n] = float(np.abs(a.numpy() - b).max())

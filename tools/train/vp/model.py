@@ -226,9 +226,10 @@ class Encoder(nn.Module):
             nn.Conv2d(M, M, 3, padding=1, bias=False), nn.BatchNorm2d(M), nn.ReLU(inplace=True), nn.Conv2d(M, M, 1)
         )
 
-    def forward(self, image, with_taps=False):
+    def forward(self, image, with_taps=False, with_top=False):
         """-> f8, f16, f32, mask_feat; with_taps: also the backbone's stride-4/8/16 taps (x4, x8, x16), which the
-        local decoder's optional taps branch (vp/local.py) reads, so that the backbone runs only once."""
+        local decoder's optional taps branch (vp/local.py) reads, so that the backbone runs only once; with_top:
+        also the backbone's stride-32 output (320 channels), the class descriptor's features (auto-labeling)."""
         x4, x8, x16, x32 = self.backbone(image)
         p32 = self.lat32(x32)
         p16 = self.lat16(x16) + F.interpolate(p32, scale_factor=2.0, mode="nearest")
@@ -238,9 +239,12 @@ class Encoder(nn.Module):
         f8 = self.out8(p8)
         m = self.lat4(x4) + F.interpolate(self.red8(f8), scale_factor=2.0, mode="bilinear", align_corners=False)
         mask_feat = self.mask_out(m)
+        out = (f8, f16, f32, mask_feat)
         if with_taps:
-            return f8, f16, f32, mask_feat, (x4, x8, x16)
-        return f8, f16, f32, mask_feat
+            out = out + ((x4, x8, x16),)
+        if with_top:
+            out = out + (x32,)
+        return out
 
 
 # ---------------------------------------------------------------- prompt encoder
