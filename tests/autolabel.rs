@@ -113,6 +113,9 @@ fn autolabel_cmd(images: &Path, exemplars: &Path, out: &Path, extra: &[&str]) ->
         .arg(out)
         .arg("--model")
         .arg(fixture("color-model"))
+        // The colour model's descriptors (mean colour, brightness and a constant channel) leave the grey
+        // background at a class probability near 0.45 and the squares above 0.6: a threshold between.
+        .args(["--threshold", "0.5"])
         .arg("--quiet")
         .args(extra)
         .env_remove("JOB_COMPLETION_INDEX")
@@ -219,6 +222,37 @@ fn labels_every_square_and_writes_every_output() {
         stderr(&o)
     );
     drop(gt);
+}
+
+#[test]
+fn the_generic_labeler_labels_the_squares_too() {
+    // DINOv's generic queries (the colour model's red, green, blue and white) matched to the class
+    // embeddings: one red instance on every image, one blue where there is a blue square.
+    let dir = tempfile::tempdir().unwrap();
+    let (images, _, exemplars) = dataset(dir.path(), 6);
+    let out = dir.path().join("out");
+    run_ok(autolabel_cmd(
+        &images,
+        &exemplars,
+        &out,
+        &["--labeler", "generic", "--no-overlays"],
+    ));
+    let coco = json(&out.join("coco.json"));
+    for (k, im) in coco["images"].as_array().unwrap().iter().enumerate() {
+        let mut cats: Vec<u64> = coco["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["image_id"] == im["id"])
+            .map(|a| a["category_id"].as_u64().unwrap())
+            .collect();
+        cats.sort_unstable();
+        let want_blue = squares(k).iter().any(|s| s.0 == 2);
+        let want: Vec<u64> = if want_blue { vec![1, 2] } else { vec![1] };
+        assert_eq!(cats, want, "image {k}");
+    }
+    let pipeline = std::fs::read_to_string(out.join("pipeline.yaml")).unwrap();
+    assert!(pipeline.contains("mode: generic"), "{pipeline}");
 }
 
 #[test]
@@ -347,7 +381,7 @@ fn killed_runs_resume_to_the_same_result() {
         );
     }
     // Other settings on the same folder are refused, --restart starts over.
-    let mut c = autolabel_cmd(&images, &exemplars, &out, &["--threshold", "0.2"]);
+    let mut c = autolabel_cmd(&images, &exemplars, &out, &["--max-detections", "7"]);
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("other settings"), "{}", stderr(&o));

@@ -1,6 +1,7 @@
-//! The prompt bank of the auto-labeling job: the embedding of every exemplar, per class, tied to the model
-//! that made it. At run time N exemplars per class are drawn (fixed seed) and averaged into one class
-//! embedding (DINOv's generic prompt bank).
+//! The prompt bank of the auto-labeling job: per class, every exemplar's prompt embedding and class
+//! descriptor (its encoder features pooled inside its mask, `decode/proposals.rs`), tied to the model that
+//! made them. At run time N exemplars per class are drawn (fixed seed) and averaged into one class
+//! embedding (DINOv's generic prompt bank), and all of a class's descriptors into its prototype.
 
 pub mod exemplars;
 
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::decode::proposals::{describe, descriptor_maps};
 use crate::error::{Error, Result};
 use crate::model::{Model, Preprocessor, Tensor};
 use crate::post::mask::mask_to_input;
@@ -16,7 +18,8 @@ use crate::source::read_rgb;
 pub use exemplars::ExemplarSet;
 
 const FORMAT: &str = "vprompt-bank";
-const VERSION: u32 = 1;
+/// Version 2 added the exemplars' class descriptors.
+const VERSION: u32 = 2;
 
 /// A bank file (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +31,8 @@ pub struct Bank {
     pub model_name: String,
     /// Embedding size.
     pub dim: usize,
+    /// Class descriptor size.
+    pub descriptor_dim: usize,
     /// The exemplar file it was built from.
     pub exemplars: String,
     pub classes: Vec<BankClass>,
@@ -47,6 +52,8 @@ pub struct Exemplar {
     /// Which annotation or object of the exemplar file.
     pub origin: String,
     pub embedding: Vec<f32>,
+    /// The encoder features pooled inside the exemplar's mask (L2-normalised).
+    pub descriptor: Vec<f32>,
 }
 
 /// One class as the labeler uses it.
@@ -54,7 +61,10 @@ pub struct Exemplar {
 pub struct ClassEmbedding {
     pub id: u32,
     pub name: String,
+    /// The mean prompt embedding of the drawn exemplars (L2-normalised).
     pub embedding: Vec<f32>,
+    /// The mean descriptor of all the class's exemplars (L2-normalised).
+    pub prototype: Vec<f32>,
 }
 
 impl Bank {
@@ -62,6 +72,7 @@ impl Bank {
     pub fn build(model: &Model, set: &ExemplarSet) -> Result<Bank> {
         let mut pre = Preprocessor::new(&model.spec.input);
         let s = model.input_size() as usize;
+        let names = &model.spec.classifier.descriptor;
         let mut classes: Vec<BankClass> = set
             .classes
             .iter()
@@ -95,19 +106,40 @@ impl Bank {
                 .encode(&Tensor::new(vec![1, 3, s, s], input))?
                 .pop()
                 .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+            let maps = descriptor_maps(&feats, names);
             // Prompts in chunks, so that a crowded image does not make one huge tensor.
             for chunk in img.objects.chunks(16) {
                 let mut masks = Vec::with_capacity(chunk.len() * s * s);
+                let mut descriptors = Vec::with_capacity(chunk.len());
                 for o in chunk {
                     let m = o
                         .shape
                         .rasterize(w, h)
                         .map_err(|e| err(format!("{} on {}: {e}", o.origin, img.path.display())))?;
-                    masks.extend(mask_to_input(&m, &lb));
+                    let input = mask_to_input(&m, &lb);
+                    // An exemplar smaller than an input pixel is described at the centre of its box.
+                    let at_centre = || {
+                        let [x0, y0, x1, y1] = m.bbox_xyxy()?;
+                        let (x, y) =
+                            lb.frame_to_input((x0 + x1) as f32 / 2.0, (y0 + y1) as f32 / 2.0);
+                        let mut dot = vec![0.0f32; s * s];
+                        dot[(y as usize).min(s - 1) * s + (x as usize).min(s - 1)] = 1.0;
+                        describe(&maps, &dot, s)
+                    };
+                    let descriptor = describe(&maps, &input, s).or_else(at_centre);
+                    descriptors.push(descriptor.ok_or_else(|| {
+                        err(format!(
+                            "{} on {}: no class descriptor (the model has no feature map to pool; see \
+                             `classifier.descriptor` in docs/model-contract.md)",
+                            o.origin,
+                            img.path.display()
+                        ))
+                    })?);
+                    masks.extend(input);
                 }
                 let t = Tensor::new(vec![chunk.len(), 1, s, s], masks);
                 let embeds = model.encode_prompts(&feats, &t)?;
-                for (o, e) in chunk.iter().zip(embeds) {
+                for ((o, e), descriptor) in chunk.iter().zip(embeds).zip(descriptors) {
                     let Some(c) = classes.iter_mut().find(|c| c.id == o.category) else {
                         continue;
                     };
@@ -115,6 +147,7 @@ impl Bank {
                         image: img.path.display().to_string(),
                         origin: o.origin.clone(),
                         embedding: e,
+                        descriptor,
                     });
                 }
             }
@@ -126,12 +159,19 @@ impl Bank {
             .map(|e| e.embedding.len())
             .next()
             .unwrap_or(0);
+        let descriptor_dim = classes
+            .iter()
+            .flat_map(|c| c.exemplars.first())
+            .map(|e| e.descriptor.len())
+            .next()
+            .unwrap_or(0);
         Ok(Bank {
             format: FORMAT.into(),
             version: VERSION,
             model: model.identity.clone(),
             model_name: model.spec.name.clone(),
             dim,
+            descriptor_dim,
             exemplars: set.file.display().to_string(),
             classes,
         })
@@ -185,6 +225,15 @@ impl Bank {
                     c.name, e.origin, bank.dim
                 )));
             }
+            if let Some(e) = c.exemplars.iter().find(|e| {
+                e.descriptor.len() != bank.descriptor_dim
+                    || e.descriptor.iter().any(|v| !v.is_finite())
+            }) {
+                return Err(err(format!(
+                    "class `{}`: exemplar {} has a descriptor that is not {} finite numbers",
+                    c.name, e.origin, bank.descriptor_dim
+                )));
+            }
         }
         Ok(bank)
     }
@@ -227,10 +276,18 @@ impl Bank {
                     }
                 }
                 normalize(&mut sum);
+                let mut prototype = vec![0.0f32; self.descriptor_dim];
+                for e in &c.exemplars {
+                    for (s, v) in prototype.iter_mut().zip(&e.descriptor) {
+                        *s += v;
+                    }
+                }
+                normalize(&mut prototype);
                 ClassEmbedding {
                     id: c.id,
                     name: c.name.clone(),
                     embedding: sum,
+                    prototype,
                 }
             })
             .collect()
@@ -239,12 +296,13 @@ impl Bank {
     /// A short description: model, classes and exemplar counts.
     pub fn summary(&self, path: &Path) -> String {
         let mut s = format!(
-            "bank {}\nmodel: {} ({})\nexemplars from: {}\nembedding size: {}\nclasses: {}, exemplars: {}\n\n| id | class | exemplars |\n|---:|---|---:|\n",
+            "bank {}\nmodel: {} ({})\nexemplars from: {}\nembedding size: {}, descriptor size: {}\nclasses: {}, exemplars: {}\n\n| id | class | exemplars |\n|---:|---|---:|\n",
             path.display(),
             self.model_name,
             short(&self.model),
             self.exemplars,
             self.dim,
+            self.descriptor_dim,
             self.classes.len(),
             self.classes.iter().map(|c| c.exemplars.len()).sum::<usize>()
         );
@@ -313,6 +371,7 @@ mod tests {
             model: "abc".into(),
             model_name: "m".into(),
             dim: 2,
+            descriptor_dim: 3,
             exemplars: "e.json".into(),
             classes: vec![BankClass {
                 id: 1,
@@ -322,6 +381,7 @@ mod tests {
                         image: format!("{k}.jpg"),
                         origin: format!("annotation {k}"),
                         embedding: vec![k as f32, 1.0],
+                        descriptor: vec![1.0, k as f32, 0.0],
                     })
                     .collect(),
             }],

@@ -41,6 +41,13 @@ pub struct AutolabelArgs {
     /// Keep detections scoring at least this.
     #[arg(long, default_value_t = 0.05)]
     threshold: f32,
+    /// How instances are found: `proposals` (class-agnostic masks classified by their pooled features
+    /// against the exemplars') or `generic` (DINOv's generic queries matched to the class embeddings).
+    #[arg(long, value_enum, default_value_t = Labeler::Proposals)]
+    labeler: Labeler,
+    /// proposals: the point grid's side (default 12); smaller is faster, larger finds more.
+    #[arg(long)]
+    grid: Option<usize>,
     /// Most detections per image (at most 255).
     #[arg(long, default_value_t = 100)]
     max_detections: usize,
@@ -67,6 +74,12 @@ pub struct AutolabelArgs {
     restart: bool,
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Labeler {
+    Proposals,
+    Generic,
 }
 
 #[derive(Subcommand)]
@@ -212,8 +225,13 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
     let shard_line = shard
         .map(|s| format!(", shard: \"{}/{}\"", s.index, s.count))
         .unwrap_or_default();
+    let labeler = match a.labeler {
+        Labeler::Proposals => "proposals",
+        Labeler::Generic => "generic",
+    };
+    let grid = a.grid.map(|g| format!(", grid: {g}")).unwrap_or_default();
     let text = format!(
-        "source: {{ images: {}{shard_line} }}\nmodel: {}\nbank: {}\njob:\n  kind: autolabel\n  score_threshold: {}\n  max_detections: {}\n  exemplars_per_class: {}\n  seed: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {}, batch_size: {} }}\n",
+        "source: {{ images: {}{shard_line} }}\nmodel: {}\nbank: {}\njob:\n  kind: autolabel\n  labeler: {{ mode: {labeler}{grid} }}\n  score_threshold: {}\n  max_detections: {}\n  exemplars_per_class: {}\n  seed: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {}, batch_size: {} }}\n",
         yaml_str(&images),
         yaml_str(&abs(&model).to_string_lossy()),
         yaml_str(&abs(&bank).to_string_lossy()),

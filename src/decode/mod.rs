@@ -3,6 +3,7 @@
 //! each object's memory, and generic in-context labeling against a prompt bank. Masks are `post/`.
 
 pub mod generic;
+pub mod proposals;
 pub mod reference;
 pub mod referring;
 pub mod target;

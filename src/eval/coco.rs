@@ -46,6 +46,10 @@ pub struct ClassAp {
     /// `None` when the class has no ground truth on the scored images (COCOeval's -1).
     pub ap: Option<f64>,
     pub ap50: Option<f64>,
+    /// Detections of this class on the scored images.
+    pub detections: usize,
+    /// Those of them on an image that holds no instance of the class (false positives whatever their mask).
+    pub absent: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +59,8 @@ pub struct CocoReport {
     pub ap75: f64,
     pub images: usize,
     pub detections: usize,
+    /// Detections of a class on an image that holds no instance of it.
+    pub absent: usize,
     pub classes: Vec<ClassAp>,
 }
 
@@ -447,6 +453,16 @@ pub fn evaluate(
             .push(Det { region, score });
         detections += 1;
     }
+    let absent_in = |c: u32| -> (usize, usize) {
+        dets.iter()
+            .filter(|((_, cat), _)| *cat == c)
+            .fold((0, 0), |(n, a), (key, d)| {
+                (
+                    n + d.len(),
+                    a + if gts.contains_key(key) { 0 } else { d.len() },
+                )
+            })
+    };
 
     let thresholds = iou_thresholds();
     let recalls = recall_thresholds();
@@ -474,12 +490,15 @@ pub fn evaluate(
             (n > 0).then(|| cs.iter().flat_map(|c| c.iter()).sum::<f64>() / n as f64)
         };
         let present: Vec<&Vec<f64>> = curves.iter().flatten().collect();
+        let (detections, absent) = absent_in(c);
         classes.push(ClassAp {
             id: c,
             name: names.get(&c).cloned().unwrap_or_default(),
             instances,
             ap: mean(&present),
             ap50: curves[0].as_ref().and_then(|c| mean(&[c])),
+            detections,
+            absent,
         });
         for (t, cv) in curves.into_iter().enumerate() {
             if let Some(cv) = cv {
@@ -504,6 +523,7 @@ pub fn evaluate(
         ap75: mean_of(&[5]),
         images: img_ids.len(),
         detections,
+        absent: classes.iter().map(|c| c.absent).sum(),
         classes,
     })
 }
@@ -511,24 +531,30 @@ pub fn evaluate(
 impl CocoReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "mask AP {:.4}  AP50 {:.4}  AP75 {:.4}  ({} images, {} detections, {} classes)\n\n\
-             | id | class | instances | AP | AP50 |\n|---:|---|---:|---:|---:|\n",
+            "mask AP {:.4}  AP50 {:.4}  AP75 {:.4}  ({} images, {} detections, {} classes)\n\
+             detections of a class the image does not hold: {} ({:.1}%)\n\n\
+             | id | class | instances | AP | AP50 | detections | on images without the class |\n\
+             |---:|---|---:|---:|---:|---:|---:|\n",
             self.ap,
             self.ap50,
             self.ap75,
             self.images,
             self.detections,
-            self.classes.len()
+            self.classes.len(),
+            self.absent,
+            100.0 * self.absent as f64 / self.detections.max(1) as f64
         );
         let f = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         for c in &self.classes {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 c.id,
                 c.name,
                 c.instances,
                 f(c.ap),
-                f(c.ap50)
+                f(c.ap50),
+                c.detections,
+                c.absent
             ));
         }
         s
@@ -572,12 +598,22 @@ mod tests {
         std::fs::write(
             &pred,
             r#"[{"image_id":1,"category_id":1,"score":0.9,"segmentation":{"size":[10,10],"counts":[50,50]}},
-                {"image_id":1,"category_id":1,"score":0.5,"segmentation":{"size":[10,10],"counts":[0,50,50]}}]"#,
+                {"image_id":1,"category_id":1,"score":0.5,"segmentation":{"size":[10,10],"counts":[0,50,50]}},
+                {"image_id":1,"category_id":2,"score":0.4,"segmentation":{"size":[10,10],"counts":[0,50,50]}}]"#,
         )
         .unwrap();
         let r = evaluate(&pred, &gt, &Categories::All, Images::All).unwrap();
         assert!((r.ap - 0.5).abs() < 1e-9, "{}", r.ap);
         assert_eq!(r.classes[1].ap, None);
-        assert_eq!(r.detections, 2);
+        assert_eq!(r.detections, 3);
+        // The class-2 detection is on an image without class 2; the false class-1 one is not.
+        assert_eq!((r.classes[0].detections, r.classes[0].absent), (2, 0));
+        assert_eq!((r.classes[1].detections, r.classes[1].absent), (1, 1));
+        assert_eq!(r.absent, 1);
+        assert!(
+            r.table().contains("does not hold: 1 (33.3%)"),
+            "{}",
+            r.table()
+        );
     }
 }

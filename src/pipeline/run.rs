@@ -174,13 +174,22 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         .iter()
         .map(|o| (o.id as u32, format!("object {}", o.id)))
         .collect();
-    let mut classes = Vec::new();
+    let mut labeler = None;
     let mut previous: Vec<ImageRecord> = Vec::new();
     let mut manifest_sink = None;
     if let (Some(bank), Some(bank_path)) = (&bank, &spec.bank) {
         bank.check_model(&model, bank_path)?;
-        classes = bank.class_embeddings(spec.job.exemplars_per_class, spec.job.seed);
+        let classes = bank.class_embeddings(spec.job.exemplars_per_class, spec.job.seed);
         categories = classes.iter().map(|c| (c.id, c.name.clone())).collect();
+        labeler = Some(
+            Labeler::new(model.clone(), classes, spec.job.clone()).map_err(|e| match e {
+                Error::Runtime(msg) => Error::Prompt {
+                    path: bank_path.clone(),
+                    msg,
+                },
+                e => e,
+            })?,
+        );
         let path = spec
             .job
             .manifest
@@ -349,11 +358,12 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         })
     };
 
-    // Model workers: letterbox, encoder and decoder, in batches.
-    // Autolabel uses only the generic queries, which do not depend on the point queries: one point keeps
-    // the decoder's interactive half as small as it gets.
+    // Model workers: letterbox, encoder and decoder, in batches, with the point grid the job reads.
     let grid_points = if autolabel {
-        vec![QueryAnchor::point(0.5, 0.5)]
+        match Labeler::grid(&spec.job) {
+            1 => vec![QueryAnchor::point(0.5, 0.5)],
+            g => PointGrid::new(g).anchors(),
+        }
     } else {
         PointGrid::new(model.spec.queries.grid).anchors()
     };
@@ -442,8 +452,8 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     // Track: restore order, then match objects frame by frame.
     let track_task = {
         let (rx, tx, st) = (enc_rx.clone(), fin_tx, st_track.clone());
-        let mut tracker = if autolabel {
-            Job::Label(Labeler::new(model.clone(), classes, spec.job.clone()))
+        let mut tracker = if let Some(l) = labeler {
+            Job::Label(l)
         } else {
             Job::Track(Box::new(Tracker::new(
                 model.clone(),

@@ -1,6 +1,7 @@
 //! A contact sheet: one PNG grid of a sample of labeled images with their overlays, for a quick look at a
 //! large run. The sample is the images whose file names hash lowest (among those with at least one
-//! instance), so it is the same for a run and its resumption, and spread over the whole set.
+//! instance), so it is the same for a run and its resumption, and spread over the whole set. Every
+//! instance is labeled with its class name and score.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use image::{imageops, Rgb, RgbImage};
 
 use super::record::ImageRecord;
-use super::{create_parent, overlay, write_atomic, FrameRecord, Sink, SinkContext};
+use super::{create_parent, overlay, palette, text, write_atomic, FrameRecord, Sink, SinkContext};
 use crate::error::Error;
 
 const CELL_W: u32 = 256;
@@ -22,6 +23,7 @@ pub struct ContactSheetSink {
     chosen: BTreeMap<(u64, u64), Option<RgbImage>>,
     previous: BTreeMap<u64, ImageRecord>,
     source_root: Option<PathBuf>,
+    names: std::sync::Arc<BTreeMap<u32, String>>,
 }
 
 impl ContactSheetSink {
@@ -33,6 +35,7 @@ impl ContactSheetSink {
             chosen: BTreeMap::new(),
             previous: BTreeMap::new(),
             source_root: ctx.source_root.clone(),
+            names: std::sync::Arc::new(ctx.categories.iter().cloned().collect()),
         };
         for r in ctx.previous.iter().filter(|r| !r.annotations.is_empty()) {
             sink.previous.insert(r.index, r.clone());
@@ -61,6 +64,42 @@ fn hash(name: &str) -> u64 {
     u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
 }
 
+/// One instance's label: its palette id, category, score and box (`xyxy`, frame pixels).
+struct Tag {
+    id: u8,
+    category: u32,
+    score: f64,
+    box_xyxy: [f64; 4],
+}
+
+/// The thumbnail of an overlay, with each instance's class name and score at its box's top-left corner
+/// (drawn best score last, so that it stays readable where labels overlap).
+fn labeled_thumbnail(
+    overlay: &RgbImage,
+    mut tags: Vec<Tag>,
+    names: &BTreeMap<u32, String>,
+) -> RgbImage {
+    let mut t = thumbnail(overlay);
+    let s = t.width() as f64 / overlay.width().max(1) as f64;
+    tags.sort_by(|a, b| a.score.total_cmp(&b.score));
+    for g in tags {
+        let name = names
+            .get(&g.category)
+            .cloned()
+            .unwrap_or_else(|| g.category.to_string());
+        let [x0, y0, ..] = g.box_xyxy;
+        let c = palette::color(g.id);
+        text::label(
+            &mut t,
+            (x0 * s) as i64,
+            (y0 * s) as i64,
+            &format!("{name} {:.2}", g.score),
+            Rgb(c),
+        );
+    }
+    t
+}
+
 fn thumbnail(img: &RgbImage) -> RgbImage {
     let (w, h) = img.dimensions();
     let s = (CELL_W as f64 / w.max(1) as f64).min(CELL_H as f64 / h.max(1) as f64);
@@ -78,8 +117,27 @@ impl Sink for ContactSheetSink {
         }
         let file = f.file.unwrap_or(f.name);
         self.previous.remove(&f.index);
+        let tags = f
+            .result
+            .objects
+            .iter()
+            .filter(|o| o.area > 0)
+            .filter_map(|o| {
+                Some(Tag {
+                    id: o.id,
+                    category: o.category,
+                    score: o.score as f64,
+                    box_xyxy: o.box_xyxy?.map(|v| v as f64),
+                })
+            })
+            .collect();
+        let names = self.names.clone();
         self.offer(hash(file), f.index, || {
-            Some(thumbnail(&overlay::draw(f.image, &f.result.labels)))
+            Some(labeled_thumbnail(
+                &overlay::draw(f.image, &f.result.labels),
+                tags,
+                &names,
+            ))
         });
         Ok(())
     }
@@ -138,6 +196,7 @@ impl ContactSheetSink {
             return None;
         }
         let mut labels = vec![0u8; (r.width * r.height) as usize];
+        let mut tags = Vec::new();
         for (k, a) in r.annotations.iter().enumerate().take(255) {
             let m = a.segmentation.decode()?;
             for (l, &v) in labels.iter_mut().zip(&m.data) {
@@ -145,7 +204,18 @@ impl ContactSheetSink {
                     *l = k as u8 + 1;
                 }
             }
+            let [x, y, w, h] = a.bbox.map(|v| v as f64);
+            tags.push(Tag {
+                id: k as u8 + 1,
+                category: a.category_id,
+                score: a.score,
+                box_xyxy: [x, y, x + w, y + h],
+            });
         }
-        Some(thumbnail(&overlay::draw(&img, &labels)))
+        Some(labeled_thumbnail(
+            &overlay::draw(&img, &labels),
+            tags,
+            &self.names,
+        ))
     }
 }

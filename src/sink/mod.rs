@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod overlay;
 pub mod palette;
 pub mod record;
+pub mod text;
 pub mod video;
 pub mod yolo;
 
