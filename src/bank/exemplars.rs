@@ -407,6 +407,7 @@ fn parse_yaml(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
                 points: o.points,
                 negative_points: o.negative_points,
                 scribbles: o.scribbles,
+                absent: false,
             };
             // The same checks as a propagate prompt (finite coordinates, sizes, limits).
             crate::prompt::PromptFile {

@@ -275,7 +275,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             let model = Model::load(&spec.model, &opts)?;
             if let Some(p) = &spec.prompts {
                 let prompts = PromptFile::load(p)?;
-                println!("prompts: {} objects", prompts.objects.len());
+                let n = prompts.objects.len();
+                let ids = prompts.ids().len();
+                match n - ids {
+                    0 => println!("prompts: {ids} objects"),
+                    later => println!(
+                        "prompts: {ids} objects, {later} later prompts (corrections or absences)"
+                    ),
+                }
             }
             let source_opts = crate::source::SourceOptions {
                 max_frame_pixels: spec.runtime.max_frame_pixels,
@@ -642,6 +649,7 @@ fn quick_prompt(
             points,
             negative_points,
             scribbles: vec![],
+            absent: false,
         }],
     };
     file.check().map_err(anyhow::Error::msg)?;

@@ -87,6 +87,8 @@ pub struct Tracker {
     pre: Preprocessor,
     /// Per object its mask on the previous frame, on the feature grid (for `target.previous`).
     previous: BTreeMap<u8, Vec<bool>>,
+    /// The source index of the last frame stepped.
+    last: Option<u64>,
 }
 
 impl Tracker {
@@ -99,17 +101,29 @@ impl Tracker {
             memories: BTreeMap::new(),
             targets: BTreeMap::new(),
             previous: BTreeMap::new(),
+            last: None,
         }
     }
 
-    /// Ids of objects whose reference frame has not been seen yet.
+    /// `(id, frame)` of the prompts (first prompts and corrections) whose frame has not been stepped yet.
     pub fn waiting(&self) -> Vec<(u8, u64)> {
         self.prompts
             .objects
             .iter()
-            .filter(|o| !self.memories.contains_key(&o.id))
+            .filter(|o| !o.absent && self.last.is_none_or(|l| o.frame > l))
             .map(|o| (o.id, o.frame))
             .collect()
+    }
+
+    /// The frame of the object's latest prompt at or before `index` (0 when there is none).
+    fn anchored_at(&self, id: u8, index: u64) -> u64 {
+        self.prompts
+            .objects
+            .iter()
+            .filter(|o| o.id == id && !o.absent && o.frame <= index)
+            .map(|o| o.frame)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Processes the frame with source index `index` (frames must come in order).
@@ -128,15 +142,31 @@ impl Tracker {
         let size = self.model.input_size();
         let s2 = (size * size) as usize;
 
-        // Objects starting here: their reference masks (the given mask, the decoded prompt, or with
+        self.last = Some(index);
+        // Objects that leave here: no output, memory or target model until their next prompt.
+        for o in self
+            .prompts
+            .objects
+            .iter()
+            .filter(|o| o.frame == index && o.absent)
+        {
+            self.memories.remove(&o.id);
+            self.targets.remove(&o.id);
+            self.previous.remove(&o.id);
+        }
+        // Objects starting here, or corrected here (re-anchored: a new memory pinned on the correction,
+        // the target model refitted): their reference masks (the given mask, the decoded prompt, or with
         // `prompt_decode: false` the rasterised prompt), whose embeddings are pinned.
         let starting: Vec<_> = self
             .prompts
             .objects
             .iter()
-            .filter(|o| o.frame == index && !self.memories.contains_key(&o.id))
+            .filter(|o| o.frame == index && !o.absent)
             .cloned()
             .collect();
+        for o in &starting {
+            self.previous.remove(&o.id);
+        }
         // Reference masks that are this frame's output, with their predicted IoU.
         let mut given: BTreeMap<u8, (BinaryMask, f32)> = BTreeMap::new();
         if !starting.is_empty() {
@@ -281,12 +311,7 @@ impl Tracker {
                     let input_mask = remember.then(|| input_mask(&il, lb));
                     let (gw, gh) = (mask_feat.shape[3], mask_feat.shape[2]);
                     let every = self.job.target.update_every;
-                    let start = self
-                        .prompts
-                        .objects
-                        .iter()
-                        .find(|o| o.id == id)
-                        .map_or(0, |o| o.frame);
+                    let start = self.anchored_at(id, index);
                     let due = every > 0 && index > start && (index - start) % every == 0;
                     // The mask on the grid only where something reads it: the next frame's prior, or
                     // an update.
@@ -445,10 +470,14 @@ impl Tracker {
             Some(t) => {
                 self.targets.insert(id, t);
             }
-            None => tracing::warn!(
-                "object {id} on frame {at}: its mask leaves no certain object or background cell \
-                 of the feature grid; it is followed by the decoder alone"
-            ),
+            None => {
+                // A correction's stale model must not outlive it.
+                self.targets.remove(&id);
+                tracing::warn!(
+                    "object {id} on frame {at}: its mask leaves no certain object or background cell \
+                     of the feature grid; it is followed by the decoder alone"
+                )
+            }
         }
         Ok(())
     }

@@ -170,9 +170,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
 
     // Auto-labeling: the bank's classes, and what an earlier run of the same settings finished.
     let mut categories: Vec<(u32, String)> = prompts
-        .objects
-        .iter()
-        .map(|o| (o.id as u32, format!("object {}", o.id)))
+        .ids()
+        .into_iter()
+        .map(|id| (id as u32, format!("object {id}")))
         .collect();
     let mut labeler = None;
     let mut previous: Vec<ImageRecord> = Vec::new();

@@ -1,5 +1,7 @@
 //! The prompt file (YAML or JSON): objects by id, each with a reference frame and one or more of a mask
 //! PNG, a box, positive/negative points and scribbles. Checked when read; coordinates when rasterised.
+//! An id may be prompted again on later frames: a correction that re-anchors the object there, or
+//! `absent: true`, which ends its output until its next prompt.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ pub struct PromptFile {
     pub objects: Vec<ObjectPrompt>,
 }
 
-/// One object to follow, prompted on one frame. Written back (serde) with only the fields it has.
+/// One prompt of an object to follow, on one frame. Written back (serde) with only the fields it has.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectPrompt {
@@ -49,7 +51,13 @@ pub struct ObjectPrompt {
     pub negative_points: Vec<[f32; 2]>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scribbles: Vec<Scribble>,
+    /// The object is gone from this frame on (until its next prompt); nothing else may be given.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
 }
+
+/// Most prompts of one file (every object's first prompt, corrections and absences together).
+pub const MAX_PROMPTS: usize = 10_000;
 
 /// A polyline of at least one point, drawn `width` frame pixels wide.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -138,13 +146,21 @@ impl PromptFile {
         Ok(file)
     }
 
+    /// The distinct object ids, in order.
+    pub fn ids(&self) -> Vec<u8> {
+        let mut ids: Vec<u8> = self.objects.iter().map(|o| o.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.objects.is_empty() {
             return Err("`objects` is empty; list at least one object".into());
         }
-        if self.objects.len() > MAX_OBJECTS {
+        if self.objects.len() > MAX_PROMPTS {
             return Err(format!(
-                "{} objects; at most {MAX_OBJECTS} are supported",
+                "{} prompts; at most {MAX_PROMPTS} are supported",
                 self.objects.len()
             ));
         }
@@ -154,10 +170,38 @@ impl PromptFile {
             if o.id == 0 {
                 return Err("object id 0 is the background; ids are 1..=255".into());
             }
-            if !seen.insert(o.id) {
+            if !seen.insert((o.id, o.frame)) {
                 return Err(format!(
-                    "{at}: the id is used twice; each object needs its own id"
+                    "{at}: prompted twice on frame {}; each object needs its own id, and an object \
+                     prompted again (a correction) needs a later frame",
+                    o.frame
                 ));
+            }
+            if o.absent {
+                let first = self
+                    .objects
+                    .iter()
+                    .filter(|p| p.id == o.id)
+                    .map(|p| p.frame)
+                    .min();
+                if first == Some(o.frame) {
+                    return Err(format!(
+                        "{at}: `absent: true` on frame {} needs an earlier prompt of the object",
+                        o.frame
+                    ));
+                }
+                if o.mask.is_some()
+                    || o.box_xyxy.is_some()
+                    || !o.points.is_empty()
+                    || !o.negative_points.is_empty()
+                    || !o.scribbles.is_empty()
+                {
+                    return Err(format!(
+                        "{at}: frame {} is `absent: true`; it takes no mask, box, points or scribbles",
+                        o.frame
+                    ));
+                }
+                continue;
             }
             if o.mask.is_none()
                 && o.box_xyxy.is_none()
@@ -238,6 +282,7 @@ impl ObjectPrompt {
             points: vec![],
             negative_points: vec![],
             scribbles: vec![],
+            absent: false,
         }
     }
 
@@ -275,7 +320,19 @@ mod tests {
     fn rejects_duplicates_empty_and_bad_boxes() {
         let e = parse("objects:\n  - { id: 1, box: [0,0,5,5] }\n  - { id: 1, box: [0,0,5,5] }\n")
             .unwrap_err();
-        assert!(e.contains("used twice"), "{e}");
+        assert!(e.contains("prompted twice on frame 0"), "{e}");
+        // The same id on a later frame is a correction; `absent` needs an earlier prompt and nothing else.
+        let f = parse(
+            "objects:\n  - { id: 1, box: [0,0,5,5] }\n  - { id: 1, frame: 4, box: [1,1,5,5] }\n  - { id: 1, frame: 9, absent: true }\n",
+        )
+        .unwrap();
+        assert_eq!(f.ids(), vec![1]);
+        let e = parse("objects:\n  - { id: 1, frame: 2, absent: true }\n  - { id: 1, frame: 4, box: [1,1,5,5] }\n")
+            .unwrap_err();
+        assert!(e.contains("needs an earlier prompt"), "{e}");
+        let e = parse("objects:\n  - { id: 1, box: [0,0,5,5] }\n  - { id: 1, frame: 3, absent: true, box: [0,0,5,5] }\n")
+            .unwrap_err();
+        assert!(e.contains("takes no mask"), "{e}");
         let e = parse("objects:\n  - { id: 1 }\n").unwrap_err();
         assert!(e.contains("give a mask"), "{e}");
         let e = parse("objects:\n  - { id: 1, box: [5,0,5,5] }\n").unwrap_err();
