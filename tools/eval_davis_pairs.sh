@@ -2,7 +2,9 @@
 # Cross-image referring without propagation, on the DAVIS-2016 dev-val sequences: frame 0's mask is the
 # prompt and the middle frame the only target (a 2-frame folder per sequence), so nothing is carried
 # from frame to frame but the prompt. Prints the IoU of each middle frame and their mean.
-# Usage: tools/eval_davis_pairs.sh [MODEL_DIR] [OUT_DIR] [propagate flags, e.g. --target decoder]
+# With REF=image, frame 0 is a reference image outside the source (the prompt file's `image:`) and the
+# source holds the middle frame alone.
+# Usage: [REF=image] tools/eval_davis_pairs.sh [MODEL_DIR] [OUT_DIR] [propagate flags, e.g. --target decoder]
 # (run from the repository root, after make build)
 set -euo pipefail
 MODEL=${1:-models/vprompt-lite0}
@@ -15,10 +17,19 @@ for s in "${SEQS[@]}"; do
   n=$(ls "$DATA/JPEGImages/$s" | wc -l)
   mid=$(printf "%05d" $((n / 2)))
   rm -rf "$OUT/$s" && mkdir -p "$OUT/$s/frames"
-  cp "$DATA/JPEGImages/$s/00000.jpg" "$OUT/$s/frames/00000.jpg"
-  cp "$DATA/JPEGImages/$s/$mid.jpg" "$OUT/$s/frames/00001.jpg"
   cp "$DATA/Annotations/$s/$mid.png" "$OUT/$s/gt.png"
-  "$BIN" propagate --video "$OUT/$s/frames" --mask "$DATA/Annotations/$s/00000.png" \
+  if [ "${REF:-}" = image ]; then
+    cp "$DATA/JPEGImages/$s/00000.jpg" "$OUT/$s/reference.jpg"
+    cp "$DATA/JPEGImages/$s/$mid.jpg" "$OUT/$s/frames/00001.jpg"
+    printf 'objects:\n  - { id: 1, image: reference.jpg, mask: "%s" }\n' \
+      "$(realpath "$DATA/Annotations/$s/00000.png")" > "$OUT/$s/prompts.yaml"
+    PROMPT=(--prompts "$OUT/$s/prompts.yaml")
+  else
+    cp "$DATA/JPEGImages/$s/00000.jpg" "$OUT/$s/frames/00000.jpg"
+    cp "$DATA/JPEGImages/$s/$mid.jpg" "$OUT/$s/frames/00001.jpg"
+    PROMPT=(--mask "$DATA/Annotations/$s/00000.png")
+  fi
+  "$BIN" propagate --video "$OUT/$s/frames" "${PROMPT[@]}" \
     --out "$OUT/$s/run" --model "$MODEL" --no-video --quiet "${EXTRA[@]}" 2> "$OUT/$s.log" \
     || { cat "$OUT/$s.log"; exit 1; }
 done

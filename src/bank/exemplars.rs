@@ -408,6 +408,7 @@ fn parse_yaml(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
                 negative_points: o.negative_points,
                 scribbles: o.scribbles,
                 absent: false,
+                image: None,
             };
             // The same checks as a propagate prompt (finite coordinates, sizes, limits).
             crate::prompt::PromptFile {

@@ -650,6 +650,7 @@ fn quick_prompt(
             negative_points,
             scribbles: vec![],
             absent: false,
+            image: None,
         }],
     };
     file.check().map_err(anyhow::Error::msg)?;

@@ -16,7 +16,7 @@ use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, Tensor};
 use crate::post::mask::{frame_logits, grid_masks, input_logits, mask_to_input, resize_plane};
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
-use crate::prompt::{ObjectMemory, PromptFile};
+use crate::prompt::{ObjectMemory, ObjectPrompt, PromptFile};
 use crate::spec::{JobSpec, TargetMode};
 
 /// How many ranked queries are tried for an object before it is declared not found on a frame
@@ -110,7 +110,7 @@ impl Tracker {
         self.prompts
             .objects
             .iter()
-            .filter(|o| !o.absent && self.last.is_none_or(|l| o.frame > l))
+            .filter(|o| !o.absent && o.image.is_none() && self.last.is_none_or(|l| o.frame > l))
             .map(|o| (o.id, o.frame))
             .collect()
     }
@@ -142,6 +142,9 @@ impl Tracker {
         let size = self.model.input_size();
         let s2 = (size * size) as usize;
 
+        if self.last.is_none() {
+            self.anchor_images()?;
+        }
         self.last = Some(index);
         // Objects that leave here: no output, memory or target model until their next prompt.
         for o in self
@@ -161,57 +164,18 @@ impl Tracker {
             .prompts
             .objects
             .iter()
-            .filter(|o| o.frame == index && !o.absent)
+            .filter(|o| o.frame == index && !o.absent && o.image.is_none())
             .cloned()
             .collect();
         for o in &starting {
             self.previous.remove(&o.id);
         }
         // Reference masks that are this frame's output, with their predicted IoU.
-        let mut given: BTreeMap<u8, (BinaryMask, f32)> = BTreeMap::new();
-        if !starting.is_empty() {
-            let mut masks = Vec::with_capacity(starting.len() * s2);
-            let aug = self.encode_views(frame)?;
-            for o in &starting {
-                // Rasterising also checks every coordinate of the prompt against the frame.
-                let mut m = rasterize(o, w, h)?;
-                if o.is_mask_only() {
-                    given.insert(o.id, (m.clone(), 1.0));
-                } else if self.job.prompt_decode && o.mask.is_none() {
-                    match reference_mask(&self.model, feats, lb, o)? {
-                        Some(c) => {
-                            if !c.fits {
-                                tracing::warn!(
-                                    "object {} on frame {}: no candidate mask holds every point of the \
-                                     prompt; the best-scored one is used",
-                                    o.id,
-                                    o.frame
-                                );
-                            }
-                            m = c.mask;
-                            given.insert(o.id, (m.clone(), c.pred_iou));
-                        }
-                        None => tracing::warn!(
-                            "object {} on frame {}: every candidate mask of the prompt is empty; the \
-                             rasterised prompt is used",
-                            o.id,
-                            o.frame
-                        ),
-                    }
-                }
-                let input_mask = mask_to_input(&m, lb);
-                if self.job.target.mode != TargetMode::Decoder {
-                    self.fit_target(o.id, o.frame, &m, feats, lb, &input_mask, &aug)?;
-                }
-                masks.extend(input_mask);
-            }
-            let t = Tensor::new(vec![starting.len(), 1, size as usize, size as usize], masks);
-            let embeds = self.model.encode_prompts(feats, &t)?;
-            for (o, e) in starting.iter().zip(embeds) {
-                self.memories
-                    .insert(o.id, ObjectMemory::new(e, self.job.memory));
-            }
-        }
+        let given = if starting.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.anchor(&starting, frame, lb, feats, false)?
+        };
 
         let cands = candidates(
             queries,
@@ -410,6 +374,109 @@ impl Tracker {
 }
 
 impl Tracker {
+    /// Anchors objects prompted on one image (`prompts`, all on `image`): their reference masks (the
+    /// given mask, the decoded prompt, or with `prompt_decode: false` the rasterised prompt), each
+    /// object's target model fitted on it, and its embedding pinned: in a new memory (a start or a
+    /// correction), or beside the others with `add` (several reference images). Returns the reference
+    /// masks that are the image's output, with their predicted IoU.
+    fn anchor(
+        &mut self,
+        prompts: &[ObjectPrompt],
+        image: &RgbImage,
+        lb: &Letterbox,
+        feats: &Features,
+        add: bool,
+    ) -> Result<BTreeMap<u8, (BinaryMask, f32)>> {
+        let (w, h) = (lb.frame_w, lb.frame_h);
+        let size = self.model.input_size() as usize;
+        let mut given = BTreeMap::new();
+        let mut masks = Vec::with_capacity(prompts.len() * size * size);
+        let aug = self.encode_views(image)?;
+        for o in prompts {
+            let at = o.image.as_ref().map_or(format!("frame {}", o.frame), |p| {
+                format!("reference image {}", p.display())
+            });
+            // Rasterising also checks every coordinate of the prompt against the image.
+            let mut m = rasterize(o, w, h)?;
+            if o.is_mask_only() {
+                given.insert(o.id, (m.clone(), 1.0));
+            } else if self.job.prompt_decode && o.mask.is_none() {
+                match reference_mask(&self.model, feats, lb, o)? {
+                    Some(c) => {
+                        if !c.fits {
+                            tracing::warn!(
+                                "object {} on {at}: no candidate mask holds every point of the prompt; \
+                                 the best-scored one is used",
+                                o.id
+                            );
+                        }
+                        m = c.mask;
+                        given.insert(o.id, (m.clone(), c.pred_iou));
+                    }
+                    None => tracing::warn!(
+                        "object {} on {at}: every candidate mask of the prompt is empty; the rasterised \
+                         prompt is used",
+                        o.id
+                    ),
+                }
+            }
+            let input_mask = mask_to_input(&m, lb);
+            let first_reference = !(add && self.memories.contains_key(&o.id));
+            if self.job.target.mode != TargetMode::Decoder && first_reference {
+                self.fit_target(o.id, o.frame, &m, feats, lb, &input_mask, &aug)?;
+            }
+            masks.extend(input_mask);
+        }
+        let t = Tensor::new(vec![prompts.len(), 1, size, size], masks);
+        let embeds = self.model.encode_prompts(feats, &t)?;
+        for (o, e) in prompts.iter().zip(embeds) {
+            match self.memories.get_mut(&o.id) {
+                Some(m) if add => m.pin(e),
+                _ => {
+                    self.memories
+                        .insert(o.id, ObjectMemory::new(e, self.job.memory));
+                }
+            }
+        }
+        Ok(given)
+    }
+
+    /// Objects prompted on reference images outside the source: each image read and encoded once, its
+    /// objects anchored, nothing of it in the outputs.
+    fn anchor_images(&mut self) -> Result<()> {
+        let mut images: Vec<std::path::PathBuf> = self
+            .prompts
+            .objects
+            .iter()
+            .filter_map(|o| o.image.clone())
+            .collect();
+        images.sort();
+        images.dedup();
+        for path in images {
+            let img = crate::source::read_rgb(
+                &path,
+                crate::spec::RuntimeSpec::default().max_frame_pixels,
+            )?;
+            let s = self.pre.size() as usize;
+            let mut input = vec![0.0f32; 3 * s * s];
+            let lb = self.pre.fill(&img, &mut input);
+            let feats = self
+                .model
+                .encode(&Tensor::new(vec![1, 3, s, s], input))?
+                .pop()
+                .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+            let prompts: Vec<ObjectPrompt> = self
+                .prompts
+                .objects
+                .iter()
+                .filter(|o| o.image.as_ref() == Some(&path))
+                .cloned()
+                .collect();
+            self.anchor(&prompts, &img, &lb, &feats, true)?;
+        }
+        Ok(())
+    }
+
     /// The augmented views of a reference frame (`target::augmented_frames`), encoded in one batch:
     /// their features and letterboxes. None without `target.augment` or in `decoder` mode.
     fn encode_views(&mut self, frame: &RgbImage) -> Result<Vec<(Features, Letterbox)>> {

@@ -150,7 +150,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
         (Some(p), true) => Some(Bank::load(p)?),
         _ => None,
     };
-    for o in &prompts.objects {
+    for o in prompts.objects.iter().filter(|o| o.image.is_none()) {
         if range.admit(o.frame) != Some(true) {
             return Err(Error::Prompt {
                 path: prompts_path.clone(),

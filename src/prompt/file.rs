@@ -35,6 +35,11 @@ pub struct ObjectPrompt {
     /// Index of the reference frame in the source (before range and stride).
     #[serde(default)]
     pub frame: u64,
+    /// A reference image outside the source, instead of `frame`: the prompt's coordinates and mask are on
+    /// it, and the object is searched from the first frame read (cross-image referring). Several prompts
+    /// of one id with images are all pinned into its memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
     /// A mask PNG: binary (any non-zero pixel), or a palette/grayscale PNG with `mask_value` picking one id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<PathBuf>,
@@ -106,9 +111,9 @@ impl PromptFile {
         let mut file: PromptFile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for o in &mut file.objects {
-            if let Some(m) = &mut o.mask {
-                if m.is_relative() {
-                    *m = base.join(&*m);
+            for p in [&mut o.mask, &mut o.image].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
                 }
             }
         }
@@ -170,7 +175,18 @@ impl PromptFile {
             if o.id == 0 {
                 return Err("object id 0 is the background; ids are 1..=255".into());
             }
-            if !seen.insert((o.id, o.frame)) {
+            if let Some(img) = &o.image {
+                if o.frame != 0 || o.absent {
+                    return Err(format!(
+                        "{at}: a prompt on a reference `image` takes no `frame` or `absent` (it holds from \
+                         the first frame read)"
+                    ));
+                }
+                if !img.is_file() {
+                    return Err(format!("{at}: reference image {} not found", img.display()));
+                }
+            }
+            if !seen.insert((o.id, o.frame, o.image.clone())) {
                 return Err(format!(
                     "{at}: prompted twice on frame {}; each object needs its own id, and an object \
                      prompted again (a correction) needs a later frame",
@@ -254,7 +270,7 @@ impl PromptFile {
 
     /// Checks that every reference frame exists in a source of `frames` frames.
     pub fn check_frames(&self, frames: u64, path: &Path) -> Result<(), Error> {
-        for o in &self.objects {
+        for o in self.objects.iter().filter(|o| o.image.is_none()) {
             if o.frame >= frames {
                 return Err(Error::Prompt {
                     path: path.to_path_buf(),
@@ -278,6 +294,7 @@ impl ObjectPrompt {
             frame,
             mask: Some(path.to_path_buf()),
             mask_value: value,
+            image: None,
             box_xyxy: None,
             points: vec![],
             negative_points: vec![],

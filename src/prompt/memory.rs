@@ -1,11 +1,12 @@
-//! DINOv's video memory for one object: the first prompt's embedding pinned, plus the most recent
-//! confident predictions re-encoded as prompts on their own frames; a lookup averages them.
+//! DINOv's video memory for one object: the first prompt's embedding pinned (or, for an object prompted on
+//! several reference images, each of theirs), plus the most recent confident predictions re-encoded as
+//! prompts on their own frames; a lookup averages them.
 
 use std::collections::VecDeque;
 
 #[derive(Debug, Clone)]
 pub struct ObjectMemory {
-    pinned: Vec<f32>,
+    pinned: Vec<Vec<f32>>,
     recent: VecDeque<Vec<f32>>,
     capacity: usize,
 }
@@ -13,10 +14,15 @@ pub struct ObjectMemory {
 impl ObjectMemory {
     pub fn new(pinned: Vec<f32>, capacity: usize) -> Self {
         ObjectMemory {
-            pinned,
+            pinned: vec![pinned],
             recent: VecDeque::with_capacity(capacity),
             capacity,
         }
+    }
+
+    /// Pins one more prompt's embedding (another reference of the same object).
+    pub fn pin(&mut self, embed: Vec<f32>) {
+        self.pinned.push(embed);
     }
 
     /// Adds a prediction's embedding, forgetting the oldest beyond capacity.
@@ -32,8 +38,8 @@ impl ObjectMemory {
 
     /// Mean of the pinned and recent embeddings, L2-normalised.
     pub fn lookup(&self) -> Vec<f32> {
-        let mut out = self.pinned.clone();
-        for e in &self.recent {
+        let mut out = vec![0.0f32; self.pinned[0].len()];
+        for e in self.pinned.iter().chain(&self.recent) {
             for (o, v) in out.iter_mut().zip(e) {
                 *o += v;
             }
