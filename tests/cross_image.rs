@@ -61,6 +61,30 @@ fn an_object_on_a_reference_image_is_found_in_another_clip() {
     }
     let mean = ious.iter().sum::<f64>() / ious.len() as f64;
     assert!(mean >= 0.6, "mean IoU {mean:.3} ({ious:.2?})");
+
+    // The one-line form, `--ref IMAGE --mask PNG`, is the same prompt: the same masks.
+    let quick = tmp.path().join("quick");
+    let o = vprompt(&[
+        "propagate",
+        "--video",
+        clip.to_str().unwrap(),
+        "--ref",
+        reference.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--out",
+        quick.to_str().unwrap(),
+        "--no-video",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in &files {
+        assert_eq!(
+            std::fs::read(out.join("masks").join(f)).unwrap(),
+            std::fs::read(quick.join("masks").join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }
 
 #[test]

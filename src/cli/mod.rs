@@ -86,6 +86,10 @@ enum Command {
         /// Reference frame of --mask, --box or --point.
         #[arg(long, default_value_t = 0)]
         frame: u64,
+        /// A reference image outside the video that --mask, --box or --point are on (cross-image
+        /// referring): the object is searched from the video's first frame.
+        #[arg(long = "ref", value_name = "IMAGE", conflicts_with_all = ["prompts", "frame"])]
+        reference: Option<PathBuf>,
         /// A prompt file (objects with masks, boxes, points, scribbles) instead of --mask.
         #[arg(long, conflicts_with = "mask")]
         prompts: Option<PathBuf>,
@@ -328,6 +332,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             points,
             negative_points,
             frame,
+            reference,
             prompts,
             out,
             model,
@@ -337,18 +342,38 @@ fn dispatch(cmd: Command) -> Result<i32> {
             no_video,
             quiet,
         } => {
+            let reference = reference
+                .map(|r| std::path::absolute(&r).unwrap_or(r))
+                .map(|r| {
+                    if r.is_file() {
+                        Ok(r)
+                    } else {
+                        Err(anyhow::anyhow!("--ref {}: no such image file", r.display()))
+                    }
+                })
+                .transpose()?;
+            let on_reference = |mut file: PromptFile| -> Result<PromptFile> {
+                if let Some(r) = &reference {
+                    for o in &mut file.objects {
+                        o.image = Some(r.clone());
+                    }
+                    file.check().map_err(anyhow::Error::msg)?;
+                }
+                Ok(file)
+            };
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             let prompts = match (prompts, mask) {
                 (Some(p), _) => p,
                 (None, Some(m)) => {
-                    let file = PromptFile::from_mask(&m, frame)?;
+                    let file = on_reference(PromptFile::from_mask(&m, frame)?)?;
                     let path = out.join("prompts.yaml");
                     write_prompts(&file, &path)?;
                     path
                 }
                 (None, None) if box_xyxy.is_some() || !points.is_empty() => {
-                    let file = quick_prompt(frame, box_xyxy, points, negative_points)?;
+                    let file =
+                        on_reference(quick_prompt(frame, box_xyxy, points, negative_points)?)?;
                     let path = out.join("prompts.yaml");
                     write_prompts(&file, &path)?;
                     path
@@ -618,12 +643,12 @@ fn validate_prompts(path: &Path) -> Result<i32> {
         if !o.scribbles.is_empty() {
             what.push(format!("{} scribbles", o.scribbles.len()));
         }
-        println!(
-            "  object {} on frame {}: {}",
-            o.id,
-            o.frame,
-            what.join(", ")
-        );
+        let on = match &o.image {
+            Some(p) => format!("reference image {}", p.display()),
+            None if o.absent => format!("frame {}: absent", o.frame),
+            None => format!("frame {}", o.frame),
+        };
+        println!("  object {} on {on}: {}", o.id, what.join(", "));
     }
     println!(
         "ok: the prompt file is valid (frames and sizes are checked against a source when it runs)"
