@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 mod autolabel;
 mod bench;
+mod find;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -55,6 +56,8 @@ enum Command {
     /// Label every instance of the exemplars' classes in a folder of images: the one-line form of
     /// autolabel. Resumes where a stopped run left off.
     Autolabel(autolabel::AutolabelArgs),
+    /// Find an object marked on a reference image in every image of a folder (cross-image referring).
+    Find(find::FindArgs),
     /// Build or look into a prompt bank (exemplar embeddings per class).
     #[command(subcommand)]
     Bank(autolabel::BankCommand),
@@ -319,6 +322,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             execute(spec, metrics_addr, quiet, restart)
         }
         Command::Autolabel(args) => autolabel::autolabel(args),
+        Command::Find(args) => find::find(args),
         Command::Bank(cmd) => autolabel::bank(cmd),
         Command::Merge { inputs, out } => {
             let n = crate::sink::coco::merge(&inputs, &out)?;
