@@ -479,17 +479,8 @@ fn coco_ap_agrees_with_pycocotools() {
     assert!(ap > 0.1 && ap < 1.0, "AP {ap}");
 
     // Real: COCO128's evaluation half labeled by the shipped model from exemplars of the pool half.
-    let data = root().join("../shared/data/coco128");
-    let split = dir.path().join("c128");
-    let st = Command::new("python3")
-        .arg(root().join("tools/coco128/split.py"))
-        .arg("--data")
-        .arg(data.parent().unwrap())
-        .arg("--out")
-        .arg(&split)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", stderr(&st));
+    let data = coco128();
+    let split = coco128_split(&dir.path().join("c128"));
     let out = dir.path().join("c128-out");
     let o = vprompt(&[
         "autolabel",

@@ -118,16 +118,7 @@ fn find_labels_a_folder_from_one_reference_instance() {
     // the 32 images with a person get a match of IoU > 0.5 with one; here the first 24 images, asking 4.
     let data = coco128();
     let tmp = tempfile::tempdir().unwrap();
-    let split = tmp.path().join("split");
-    let o = python()
-        .arg(root().join("tools/coco128/split.py"))
-        .arg("--data")
-        .arg(data.parent().unwrap())
-        .arg("--out")
-        .arg(&split)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let split = coco128_split(&tmp.path().join("split"));
     let images = tmp.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let mut names: Vec<_> = std::fs::read_dir(split.join("eval-images"))

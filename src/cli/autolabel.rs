@@ -159,6 +159,48 @@ pub fn bank(cmd: BankCommand) -> Result<i32> {
     }
 }
 
+/// An image source as the generated pipeline file gives it: a glob as it is, a folder made absolute (the
+/// pipeline file lives in the output folder).
+pub(super) fn images_source(images: &str) -> String {
+    if images.contains(['*', '?', '[']) {
+        images.to_string()
+    } else {
+        let p = Path::new(images);
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The sinks of an image-set run (autolabel, find) in `out`, as pipeline YAML lines: coco.json, yolo/
+/// (with `yolo`), results.jsonl, contact-sheet.png and overlays/ (with `overlays`).
+pub(super) fn image_set_sinks(out: &Path, yolo: bool, overlays: bool) -> Vec<String> {
+    let f = |p: &str| {
+        let path = out.join(p);
+        yaml_str(&std::path::absolute(&path).unwrap_or(path).to_string_lossy())
+    };
+    let mut sinks = vec![format!("  - {{ kind: coco, path: {} }}", f("coco.json"))];
+    if yolo {
+        sinks.push(format!("  - {{ kind: yolo, dir: {} }}", f("yolo")));
+    }
+    sinks.push(format!(
+        "  - {{ kind: jsonl, path: {} }}",
+        f("results.jsonl")
+    ));
+    sinks.push(format!(
+        "  - {{ kind: contact_sheet, path: {} }}",
+        f("contact-sheet.png")
+    ));
+    if overlays {
+        sinks.push(format!(
+            "  - {{ kind: overlay_png, dir: {} }}",
+            f("overlays")
+        ));
+    }
+    sinks
+}
+
 /// The shard of this process: `--shard I/N`, or JOB_COMPLETION_INDEX with `--shard-count N`.
 fn resolve_shard(a: &AutolabelArgs) -> Result<Option<Shard>> {
     if let Some(s) = &a.shard {
@@ -201,27 +243,8 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
         }
         (None, None) => anyhow::bail!("give --exemplars or --bank"),
     };
-    let images = if a.images.contains(['*', '?', '[']) {
-        a.images.clone()
-    } else {
-        abs(Path::new(&a.images)).to_string_lossy().into_owned()
-    };
-    let f = |p: &str| yaml_str(&abs(&out.join(p)).to_string_lossy());
-    let mut sinks = vec![
-        format!("  - {{ kind: coco, path: {} }}", f("coco.json")),
-        format!("  - {{ kind: yolo, dir: {} }}", f("yolo")),
-        format!("  - {{ kind: jsonl, path: {} }}", f("results.jsonl")),
-        format!(
-            "  - {{ kind: contact_sheet, path: {} }}",
-            f("contact-sheet.png")
-        ),
-    ];
-    if !a.no_overlays {
-        sinks.push(format!(
-            "  - {{ kind: overlay_png, dir: {} }}",
-            f("overlays")
-        ));
-    }
+    let images = images_source(&a.images);
+    let sinks = image_set_sinks(&out, true, !a.no_overlays);
     let shard_line = shard
         .map(|s| format!(", shard: \"{}/{}\"", s.index, s.count))
         .unwrap_or_default();

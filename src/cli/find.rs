@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::autolabel::{image_set_sinks, images_source};
 use super::{default_model, execute, parse_box, parse_xy, quick_prompt, write_prompts, yaml_str};
 use crate::prompt::PromptFile;
 use crate::spec::PipelineSpec;
@@ -99,26 +100,8 @@ pub fn find(a: FindArgs) -> Result<i32> {
         Some(m) => m.clone(),
         None => default_model()?,
     };
-    let images = if a.images.contains(['*', '?', '[']) {
-        a.images.clone()
-    } else {
-        abs(Path::new(&a.images)).to_string_lossy().into_owned()
-    };
-    let f = |p: &str| yaml_str(&abs(&a.out.join(p)).to_string_lossy());
-    let mut sinks = vec![
-        format!("  - {{ kind: coco, path: {} }}", f("coco.json")),
-        format!("  - {{ kind: jsonl, path: {} }}", f("results.jsonl")),
-        format!(
-            "  - {{ kind: contact_sheet, path: {} }}",
-            f("contact-sheet.png")
-        ),
-    ];
-    if !a.no_overlays {
-        sinks.push(format!(
-            "  - {{ kind: overlay_png, dir: {} }}",
-            f("overlays")
-        ));
-    }
+    let images = images_source(&a.images);
+    let sinks = image_set_sinks(&a.out, false, !a.no_overlays);
     let text = format!(
         "source: {{ images: {} }}\nmodel: {}\nprompts: {}\njob:\n  kind: propagate\n  memory: 0\n  min_score: {}\nsinks:\n{}\nruntime: {{ device: {} }}\n",
         yaml_str(&images),

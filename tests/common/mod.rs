@@ -28,6 +28,22 @@ pub fn coco128() -> PathBuf {
     shared_data("coco128")
 }
 
+/// The fixed COCO128 split (`tools/coco128/split.py`) written into `dir`: pool.json, eval.json,
+/// eval-images/.
+pub fn coco128_split(dir: &Path) -> PathBuf {
+    let data = coco128();
+    let st = python()
+        .arg(root().join("tools/coco128/split.py"))
+        .arg("--data")
+        .arg(data.parent().unwrap())
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", stderr(&st));
+    dir.to_path_buf()
+}
+
 /// DAVIS-2016 train at 240p of the shared development data.
 pub fn davis() -> PathBuf {
     shared_data("davis2016-train-240p")
