@@ -10,6 +10,11 @@ that instance computed on the OTHER view (the cross-view matching target). With 
 frozen backbone's stride-4/8/16 outputs (24/40/112 channels, `t4/t8/t16`, ~0.34 MB per view at 256 px), so that
 a trained branch of the mask features (vp/local.py, `taps`) can read more than the FPN's 64 + 32 channels.
 
+With --coco-plain N it also caches N pairs per COCO128 pool image as they are (no pastes): real multi-instance
+scenes, every non-crowd instance of area > 64 px an instance (as in the composites), crowd and tinier annotations
+ignored, geometry-only augmentation (zoom 0.85-1.4 of the letterbox fit, crop, flip). Their views are marked
+kind "plain" (train_local.py's --rank-plain). Only the pool half (the 64 files that sort first) is ever read.
+
 python3 cache.py --out cache/v1 --duts 6000 --coco-rep 10 --davis 1200
 """
 import argparse
@@ -91,6 +96,19 @@ class Sources:
         parts, ign = components(m)
         return img, [torch.from_numpy(p) for p in parts], torch.from_numpy(ign)
 
+    def coco_ignore(self, k):
+        """bool [H,W]: the pool image's crowd regions and annotations too small to be instances (area <= 64):
+        not background either, so the losses skip them."""
+        f, anns = self.coco.items[k]
+        kept = {a["id"] for a in anns}
+        coco = self.coco.coco
+        img, _, _ = self.coco.load(k)
+        ign = torch.zeros(img.shape[1:], dtype=torch.bool)
+        for a in coco.imgToAnns[anns[0]["image_id"]]:
+            if a["id"] not in kept:
+                ign |= torch.from_numpy(coco.annToMask(a)).bool()
+        return ign
+
     def random_object(self):
         """an object for pasting: a DUTS salient part or a COCO pool instance, in its own image's pixels."""
         rng = self.rng
@@ -137,6 +155,8 @@ def main():
     ap.add_argument("--duts", type=int, default=6000, help="DUTS train sources (2 views each)")
     ap.add_argument("--coco-rep", type=int, default=10, help="composites per COCO128 pool image (2 views each)")
     ap.add_argument("--davis", type=int, default=1200, help="DAVIS train frame pairs")
+    ap.add_argument("--coco-plain", type=int, default=0,
+                    help="pairs per COCO128 pool image as it is, without pastes (light geometric augmentation)")
     ap.add_argument("--chunk", type=int, default=512, help="views per chunk file")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--paste-scale", default="0.25,0.6", help="pasted objects' longer side as a share of the image's")
@@ -159,9 +179,11 @@ def main():
     pastes = [int(v) for v in args.pastes.split(",")]
     rng = src.rng
     aug = Aug(S, rng)
+    aug_plain = Aug(S, rng, scale=(0.85, 1.4), color=False)
     jobs = [("duts", s) for s in rng.sample(src.duts, min(args.duts, len(src.duts)))]
     jobs += [("coco", k) for k in range(len(src.coco.items)) for _ in range(args.coco_rep)]
     jobs += [("davis", None)] * args.davis
+    jobs += [("plain", k) for k in range(len(src.coco.items)) for _ in range(args.coco_plain)]
     rng.shuffle(jobs)
 
     def pair(kind, key):
@@ -182,6 +204,9 @@ def main():
                     img, masks, ign = paste(img, masks, ign, obj[0], obj[1], random.Random(i))
                     rng.setstate(state)
                 views.append((img, masks, ign))
+        elif kind == "plain":  # a real pool scene as it is: all its non-crowd instances, no pastes
+            img, cm, _ = src.coco.load(key)
+            views = [(img, list(cm), src.coco_ignore(key))] * 2
         else:
             if kind == "duts":
                 img, masks, ign = src.duts_item(key)
@@ -193,7 +218,7 @@ def main():
         out = []
         for img, masks, ign in views:
             stack = torch.stack(list(masks) + [ign]) if masks else ign[None]
-            a, m = aug(img, stack)
+            a, m = (aug_plain if kind == "plain" else aug)(img, stack)
             out.append((a, m[:-1], m[-1]))
         return out
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -38,6 +39,7 @@ class Cache:
         self.root = root
         self.KEYS = self.KEYS + (self.TAPS if taps else ())
         self.chunks, self.meta, self.index, self.files = [], [], [], set()
+        self.prefix = []  # per chunk: its file prefix (cache.py --prefix), for --src-weight
         self.refresh()
 
     def refresh(self):
@@ -50,9 +52,15 @@ class Cache:
             # memory-mapped: the page cache holds what fits, so a cache larger than RAM still trains
             self.chunks.append({k: np.load(f"{base}.{k}.npy", mmap_mode="r") for k in self.KEYS})
             self.meta.append(m)
+            self.prefix.append(re.sub(r"\d+$", "", os.path.basename(base)))
             self.index += [(c, i) for i in range(len(m))]
             self.files.add(p)
         return len(self.index)
+
+    def probs(self, weights):
+        """sampling probability of every view: its chunk prefix's weight (default 1), normalised."""
+        w = np.array([weights.get(self.prefix[c], 1.0) for c, _ in self.index])
+        return w / w.sum()
 
     def batch(self, idx):
         views = [self.index[i] for i in idx]
@@ -139,7 +147,7 @@ def mask_terms(logit, tgt, valid):
     return bce, dice, iou
 
 
-def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0):
+def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0, rank_plain=None):
     B = len(meta)
     f8 = data["f8"].float()
     f16 = data["f16"].float()
@@ -194,7 +202,11 @@ def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0):
     # how much better it is; this is what picks the answer among the K candidates
     gap = iou_real[..., :, None] - iou_real[..., None, :]  # [B,N,K,K]: level a better than level b
     dp = ip[..., :, None] - ip[..., None, :]
-    l_rank = ((F.relu(0.05 - dp) * gap.clamp(min=0)).sum((-1, -2)) * on).sum() / on.sum().clamp(min=1)
+    per_row = (F.relu(0.05 - dp) * gap.clamp(min=0)).sum((-1, -2)) * on
+    l_rank = per_row.sum() / on.sum().clamp(min=1)
+    # weighted: --rank on every view, --rank-plain instead on the real COCO scenes (cache.py --coco-plain)
+    rw = torch.tensor([rank_plain if rank_plain is not None and m.get("kind") == "plain" else rank_w for m in meta])
+    l_rank_w = (per_row * rw[:, None]).sum() / on.sum().clamp(min=1)
 
     # generic queries: Hungarian matching to the instances
     lg = logits[:, :G]
@@ -280,7 +292,7 @@ def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0):
         if ge and Pall.shape[0] > 1:
             l_gc = F.cross_entropy(scale * torch.stack(ge) @ Pall.T, torch.stack(gl))
     losses = dict(mask=l_mask, box=l_box, iou=l_iou, rank=l_rank, gen=l_gen, gen_iou=l_gen_iou, cg=l_cg, cr=l_cr, gc=l_gc)
-    total = gc_w * l_gc + 2 * l_mask + l_box + 2 * l_iou + rank_w * l_rank + 0.5 * l_gen + l_gen_iou + 0.3 * l_cg + 0.3 * l_cr
+    total = gc_w * l_gc + 2 * l_mask + l_box + 2 * l_iou + l_rank_w + 0.5 * l_gen + l_gen_iou + 0.3 * l_cg + 0.3 * l_cr
     # a quick training metric: IoU of the best-predicted-IoU level on instance rows
     with torch.no_grad():
         pick = ip.argmax(-1, keepdim=True)
@@ -304,6 +316,10 @@ def main():
     ap.add_argument("--taps", type=int, nargs="?", const=64, default=0,
                     help="channels of the mask features' branch on the backbone taps (needs a cache.py --taps cache; 0: none)")
     ap.add_argument("--rank", type=float, default=0.0, help="weight of the predicted-IoU ranking loss across levels")
+    ap.add_argument("--rank-plain", type=float, default=None,
+                    help="weight of the ranking loss on the real COCO views (kind 'plain'; default: --rank)")
+    ap.add_argument("--src-weight", action="append", default=[], metavar="PREFIX=W",
+                    help="sample views of chunks with this file prefix W times as often (e.g. c=2.5)")
     ap.add_argument("--gc", type=float, default=0.0, help="weight of the generic queries' prompt-matching loss")
     ap.add_argument("--cells", type=int, default=1024, help="stride-4 cells per view the mask losses are computed on")
     ap.add_argument("--warmup", type=int, default=100)
@@ -316,6 +332,11 @@ def main():
     cache = Cache(args.cache, taps=args.taps > 0)
     V = len(cache.index)
     print(f"cache: {V} views in {len(cache.chunks)} chunks loaded in {time.time() - t_load:.0f} s", flush=True)
+    src_w = {k: float(v) for k, v in (a.split("=") for a in args.src_weight)}
+    probs = cache.probs(src_w)
+    for p in sorted(set(cache.prefix)):
+        sel = [cache.prefix[c] == p for c, _ in cache.index]
+        print(f"  prefix {p}: {sum(sel)} views, {probs[sel].sum():.1%} of the samples", flush=True)
     model = LocalModel(refine=args.refine, taps=args.taps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step, elapsed, seen = 0, 0.0, 0
@@ -356,8 +377,11 @@ def main():
             g["lr"] = lr
         if step % 200 == 0 and V < args.expect_views:
             V = cache.refresh()
-        data, meta = cache.batch(rng.integers(0, V, args.batch).tolist())
-        total, losses, m_iou = step_losses(model, data, meta, rng, args.rows, args.cells, args.rank, args.gc)
+            probs = cache.probs(src_w)
+        idx = rng.choice(V, args.batch, p=probs) if src_w else rng.integers(0, V, args.batch)  # (uniform: as before)
+        data, meta = cache.batch(idx.tolist())
+        total, losses, m_iou = step_losses(model, data, meta, rng, args.rows, args.cells, args.rank, args.gc,
+                                           args.rank_plain)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

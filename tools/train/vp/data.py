@@ -50,17 +50,19 @@ def letterbox(img, size):
 class Aug:
     """Random scale / crop / flip / colour jitter, applied identically to an image and its masks."""
 
-    def __init__(self, size, rng, strong=True):
+    def __init__(self, size, rng, strong=True, scale=(0.7, 1.6), color=True):
         self.size = size
         self.rng = rng
         self.strong = strong
+        self.scale = scale  # random zoom relative to the letterbox fit
+        self.color = color  # colour jitter (off: geometry only, as `cache.py --coco-plain` uses)
 
     def __call__(self, img, masks):
         S = self.size
         rng = self.rng
         _, H, W = img.shape
         base = S / max(H, W)
-        s = base * (rng.uniform(0.7, 1.6) if self.strong else 1.0)
+        s = base * (rng.uniform(*self.scale) if self.strong else 1.0)
         nh, nw = max(8, round(H * s)), max(8, round(W * s))
         img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         if masks.shape[0]:
@@ -81,6 +83,7 @@ class Aug:
             if rng.random() < 0.5:
                 img = img.flip(-1)
                 m = m.flip(-1)
+        if self.strong and self.color:
             b = rng.uniform(-0.15, 0.15)
             c = rng.uniform(0.75, 1.25)
             sat = rng.uniform(0.7, 1.3)
