@@ -22,7 +22,7 @@ fn demo_pipeline(dir: &Path) -> std::path::PathBuf {
         dir,
         "pipe.yaml",
         &format!(
-            "source: {{ video: {:?} }}\nmodel: {:?}\nprompts: prompts.yaml\nsinks:\n  - {{ kind: palette_png, dir: out/masks }}\n  - {{ kind: coco, path: out/coco.json }}\n  - {{ kind: jsonl, path: out/results.jsonl }}\n  - {{ kind: video, path: out/overlay.mp4 }}\n  - {{ kind: overlay_png, dir: out/overlay }}\nruntime: {{ workers: 2, batch_size: 2, threads: 1 }}\n",
+            "source: {{ video: {:?} }}\nmodel: {:?}\nprompts: prompts.yaml\nsinks:\n  - {{ kind: palette_png, dir: out/masks }}\n  - {{ kind: coco, path: out/coco.json }}\n  - {{ kind: jsonl, path: out/results.jsonl }}\n  - {{ kind: mot, path: out/tracks.txt }}\n  - {{ kind: video, path: out/overlay.mp4 }}\n  - {{ kind: overlay_png, dir: out/overlay }}\nruntime: {{ workers: 2, batch_size: 2, threads: 1 }}\n",
             root.join("data/demo/car-turn.mp4"),
             fixture("color-model"),
         ),
@@ -74,6 +74,28 @@ fn run_on_a_real_video_writes_every_sink() {
         let area = l.data.iter().filter(|&&v| v == 1).count() as u64;
         assert_eq!(line["objects"][0]["area"].as_u64(), Some(area), "frame {i}");
         assert_eq!(line["frame"].as_u64(), Some(i as u64));
+    }
+
+    // MOTChallenge: a line per frame where the object has pixels, frames 1-based, the JSONL's box.
+    let mot = std::fs::read_to_string(out.join("tracks.txt")).unwrap();
+    let with_pixels = lines
+        .iter()
+        .filter(|l| l["objects"][0]["area"].as_u64() > Some(0))
+        .count();
+    assert_eq!(mot.lines().count(), with_pixels);
+    for row in mot.lines() {
+        let v: Vec<&str> = row.split(',').collect();
+        assert_eq!(v.len(), 10, "{row}");
+        let frame: usize = v[0].parse().unwrap();
+        let b = &lines[frame - 1]["objects"][0]["box_xyxy"];
+        let x0 = b[0].as_u64().unwrap();
+        let w = b[2].as_u64().unwrap() - x0;
+        assert_eq!(
+            (v[1], v[2], v[4]),
+            ("1", &*x0.to_string(), &*w.to_string()),
+            "{row}"
+        );
+        assert_eq!(&v[7..], ["-1", "-1", "-1"]);
     }
 
     // COCO: pycocotools decodes every RLE to exactly the label PNG's pixels.

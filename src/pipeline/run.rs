@@ -784,6 +784,7 @@ fn report_location(sinks: &[SinkSpec]) -> Option<PathBuf> {
         }
         SinkSpec::Coco { path }
         | SinkSpec::Jsonl { path }
+        | SinkSpec::Mot { path }
         | SinkSpec::Video { path, .. }
         | SinkSpec::ContactSheet { path, .. } => path.parent().map(|p| p.to_path_buf()),
     }?;

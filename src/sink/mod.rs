@@ -5,6 +5,7 @@ pub mod coco;
 pub mod contact;
 pub mod jsonl;
 pub mod manifest;
+pub mod mot;
 pub mod overlay;
 pub mod palette;
 pub mod record;
@@ -68,6 +69,7 @@ pub fn build(spec: &SinkSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>, Error>
         SinkSpec::Coco { path } => Box::new(coco::CocoSink::new(path, ctx)?),
         SinkSpec::Jsonl { path } => Box::new(jsonl::JsonlSink::new(path, &ctx.previous)?),
         SinkSpec::Yolo { dir } => Box::new(yolo::YoloSink::new(dir, ctx)?),
+        SinkSpec::Mot { path } => Box::new(mot::MotSink::new(path)?),
         SinkSpec::ContactSheet { path, count } => {
             Box::new(contact::ContactSheetSink::new(path, *count, ctx)?)
         }

@@ -429,6 +429,8 @@ pub enum SinkSpec {
     Coco { path: PathBuf },
     /// JSON Lines: one line per frame with each object's box, score and area.
     Jsonl { path: PathBuf },
+    /// MOTChallenge text: one line per object and frame (frame, id, box, score).
+    Mot { path: PathBuf },
     /// Overlay video (H.264 in MP4).
     Video {
         path: PathBuf,
@@ -608,6 +610,7 @@ impl PipelineSpec {
                 | SinkSpec::Yolo { dir } => abs(dir),
                 SinkSpec::Coco { path }
                 | SinkSpec::Jsonl { path }
+                | SinkSpec::Mot { path }
                 | SinkSpec::Video { path, .. }
                 | SinkSpec::ContactSheet { path, .. } => abs(path),
             }
@@ -778,7 +781,7 @@ impl PipelineSpec {
             .map_err(|e| format!("runtime.device: {e}"))?;
         if self.sinks.is_empty() {
             return Err(
-                "sinks: list at least one output (palette_png, coco, jsonl, video, overlay_png, yolo, contact_sheet)"
+                "sinks: list at least one output (palette_png, coco, jsonl, mot, video, overlay_png, yolo, contact_sheet)"
                     .into(),
             );
         }
