@@ -120,19 +120,29 @@ fn prompt_limits_name_the_file_or_object() {
     frames(tmp.path(), 1);
     let pipe = pipeline(tmp.path(), "frames: frames", SINKS);
 
+    // Ids are 1..=255, so a file holds at most 255 objects; with corrections on later frames, at most
+    // 10,000 prompts.
     let mut many = String::from("objects:\n");
-    for i in 0..256 {
+    for i in 0..10_001 {
         many.push_str(&format!(
-            "  - {{ id: {}, box: [0, 0, 5, 5] }}\n",
-            i % 255 + 1
+            "  - {{ id: {}, frame: {}, box: [0, 0, 5, 5] }}\n",
+            i % 255 + 1,
+            i / 255
         ));
     }
     write(tmp.path(), "prompts.yaml", &many);
     let e = run_fails(&pipe, &[]);
     assert!(
-        e.contains("prompts.yaml") && e.contains("256 objects; at most 255"),
+        e.contains("prompts.yaml") && e.contains("10001 prompts; at most 10000"),
         "{e}"
     );
+    write(
+        tmp.path(),
+        "prompts.yaml",
+        "objects:\n  - { id: 7, box: [0, 0, 5, 5] }\n  - { id: 7, box: [1, 1, 5, 5] }\n",
+    );
+    let e = run_fails(&pipe, &[]);
+    assert!(e.contains("object 7: prompted twice on frame 0"), "{e}");
 
     let points: Vec<String> = (0..10_001).map(|i| format!("[{}, 5]", i % 40)).collect();
     write(
