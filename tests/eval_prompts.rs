@@ -264,3 +264,50 @@ fn errors_name_the_file() {
         "{e}"
     );
 }
+
+/// Focus (`job.focus`, `--focus on`, the default) decodes a prompt again on crops around it. On the
+/// first 16 COCO128 evaluation images with the shipped model (66 instances >= 32x32) it measured click
+/// mIoU 0.440 against 0.377 on the whole image alone, and box 0.651 against 0.646; the test asks a click
+/// gain of 0.03 and no box loss, and that the report says which was run.
+#[test]
+fn focus_on_crops_segments_clicks_better_than_the_whole_image_alone() {
+    let data = coco128();
+    let gt = data.join("annotations/instances_train2017.json");
+    let images = data.join("train2017");
+    let model = root().join("models/vprompt-lite0");
+    let miou = |prompt: &str, focus: &str| -> f64 {
+        let r = json_out(&vprompt(&[
+            "eval",
+            "prompts",
+            "--gt",
+            gt.to_str().unwrap(),
+            "--images",
+            images.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--model",
+            model.to_str().unwrap(),
+            "--split",
+            "eval",
+            "--limit",
+            "16",
+            "--focus",
+            focus,
+            "--json",
+        ]));
+        assert_eq!(r["focus"], focus == "on", "{r}");
+        let all = &r["buckets"][3];
+        assert_eq!(all["instances"].as_u64(), Some(66), "{r}");
+        all["miou_model"].as_f64().unwrap()
+    };
+    let (click_on, click_off) = (miou("click", "on"), miou("click", "off"));
+    assert!(
+        click_on > click_off + 0.03,
+        "click: focus {click_on:.4} vs whole image {click_off:.4}"
+    );
+    let (box_on, box_off) = (miou("box", "on"), miou("box", "off"));
+    assert!(
+        box_on >= box_off,
+        "box: focus {box_on:.4} vs whole image {box_off:.4}"
+    );
+}

@@ -71,7 +71,13 @@ fn a_box_is_decoded_as_a_box_or_as_its_centre() {
     frames(tmp.path());
     let prompts = "objects:\n  - { id: 2, frame: 0, box: [14, 30, 82, 98] }\n";
     for model in ["color-model", "anchor-model"] {
-        let (labels, line) = run(tmp.path(), model, prompts, "");
+        // Looking closer (the default focus) decodes the box on a crop around it, pasted back in place.
+        let (labels, _) = run(tmp.path(), model, prompts, "");
+        let iou = iou_with(&labels, 2, RED);
+        assert!(iou > 0.7, "{model} with focus: IoU {iou}");
+        assert!(labels.iter().all(|&v| v == 0 || v == 2));
+        // On the whole image alone the predicted IoU follows from the box's size on the model input.
+        let (labels, line) = run(tmp.path(), model, prompts, ", focus: { enabled: false }");
         let o = &line["objects"][0];
         assert_eq!(o["id"].as_u64(), Some(2));
         // The reference output is the decoded candidate: the red square (one cell in from its edges),

@@ -219,6 +219,10 @@ enum EvalCommand {
         /// At most this many images (of the split, in file name order).
         #[arg(long)]
         limit: Option<usize>,
+        /// `on`: the prompt is also decoded on crops around it, as `vprompt propagate` and `find` do
+        /// with the default `job.focus`; `off`: on the whole image only.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        focus: String,
         /// Print the report as JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -530,10 +534,12 @@ fn dispatch(cmd: Command) -> Result<i32> {
             min_size,
             split,
             limit,
+            focus,
             json,
             device,
         }) => {
             use crate::eval::prompts::{evaluate, PromptEvalOptions, PromptKind, Split};
+            use crate::spec::FocusSpec;
             let model = match model {
                 Some(m) => m,
                 None => default_model()?,
@@ -558,6 +564,11 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     _ => Split::All,
                 },
                 limit,
+                focus: if focus == "on" {
+                    FocusSpec::default()
+                } else {
+                    FocusSpec::off()
+                },
             };
             let report = evaluate(&model, &opts)?;
             if json {

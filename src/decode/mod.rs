@@ -2,6 +2,7 @@
 //! match scores, top-1), reference masks of prompts decoded where they are, the video tracker that keeps
 //! each object's memory, and generic in-context labeling against a prompt bank. Masks are `post/`.
 
+pub mod focus;
 pub mod generic;
 pub mod proposals;
 pub mod reference;

@@ -2,14 +2,18 @@
 //! query rows on that frame, and the best of their candidate masks is the object's reference mask.
 //! Feeding that mask to the prompt encoder and the memory is `track.rs`; a mask prompt needs none of this.
 
+use image::RgbImage;
+
+use super::focus::{best_scored, refine, Candidate};
 use crate::error::{Error, Result};
 use crate::model::contract::names;
-use crate::model::{Features, Letterbox, Model, Queries, QueryAnchor};
+use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, QueryAnchor};
 use crate::post::distance::most_interior_pixel;
 use crate::post::mask::frame_mask;
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::ObjectPrompt;
+use crate::spec::FocusSpec;
 
 /// Most query rows one object's prompt is decoded with; a prompt with more (many points or scribbles)
 /// is decoded with an evenly spaced subset of its rows, while the choice still checks every point.
@@ -140,9 +144,35 @@ fn thin(rows: Vec<QueryAnchor>, n: usize) -> Vec<QueryAnchor> {
     (0..n).map(|i| rows[i * rows.len() / n]).collect()
 }
 
-/// The choice rule among the interactive queries of `q` (those after the `generic` ones): candidates
-/// with an empty mask are out; of the rest, those that fit the cues come first, then the highest
-/// predicted IoU, then the lowest query index. Masks are made as everywhere else (`frame_mask`).
+/// Every interactive query of `q` (those after the `generic` ones) with a non-empty mask, as a
+/// candidate of the whole image, with whether it fits `cues`. Masks are made as everywhere else
+/// (`frame_mask`).
+pub fn candidates(
+    q: &Queries,
+    generic: usize,
+    mask_feat: &crate::model::Tensor,
+    lb: &Letterbox,
+    cues: &PromptCues,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for i in generic.min(q.count)..q.count {
+        let (mask, _, area) = frame_mask(mask_feat, q.mask_row(i), lb);
+        if area == 0 {
+            continue;
+        }
+        out.push(Candidate {
+            query: i,
+            pred_iou: q.iou[i],
+            fits: cues.fit(&mask),
+            mask,
+            cut: false,
+        });
+    }
+    out
+}
+
+/// The choice rule on the whole image alone: candidates with an empty mask are out; of the rest, those
+/// that fit the cues come first, then the highest predicted IoU, then the lowest query index.
 pub fn choose(
     q: &Queries,
     generic: usize,
@@ -150,36 +180,20 @@ pub fn choose(
     lb: &Letterbox,
     cues: &PromptCues,
 ) -> Option<Choice> {
-    let mut best: Option<Choice> = None;
-    for i in generic.min(q.count)..q.count {
-        let (mask, _, area) = frame_mask(mask_feat, q.mask_row(i), lb);
-        if area == 0 {
-            continue;
-        }
-        let fits = cues.fit(&mask);
-        let better = match &best {
-            None => true,
-            Some(b) => (fits, q.iou[i]) > (b.fits, b.pred_iou),
-        };
-        if better {
-            best = Some(Choice {
-                query: i,
-                pred_iou: q.iou[i],
-                mask,
-                fits,
-            });
-        }
-    }
-    best
+    best_scored(candidates(q, generic, mask_feat, lb, cues)).map(Choice::from)
 }
 
-/// Decodes `o`'s prompt on its reference frame (features `feats`, letterbox `lb`) and chooses its
-/// reference mask; `None` when every candidate mask is empty.
+/// Decodes `o`'s prompt on its reference image (`image`, encoded as `feats` through letterbox `lb`)
+/// and chooses its reference mask, looking closer on crops of the image as `focus` says
+/// (`decode/focus.rs`; `pre` encodes the crops); `None` when every candidate mask is empty.
 pub fn reference_mask(
     model: &Model,
+    pre: &mut Preprocessor,
+    image: &RgbImage,
     feats: &Features,
     lb: &Letterbox,
     o: &ObjectPrompt,
+    focus: &FocusSpec,
 ) -> Result<Option<Choice>> {
     let cues = PromptCues::of_prompt(o, lb)?;
     let q = model
@@ -189,7 +203,8 @@ pub fn reference_mask(
     let mask_feat = feats
         .get(names::MASK_FEAT)
         .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
-    Ok(choose(&q, model.spec.queries.generic, mask_feat, lb, &cues))
+    let whole = candidates(&q, model.spec.queries.generic, mask_feat, lb, &cues);
+    refine(model, pre, image, o, &cues, whole, focus)
 }
 
 #[cfg(test)]

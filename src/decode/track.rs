@@ -401,7 +401,15 @@ impl Tracker {
             if o.is_mask_only() {
                 given.insert(o.id, (m.clone(), 1.0));
             } else if self.job.prompt_decode && o.mask.is_none() {
-                match reference_mask(&self.model, feats, lb, o)? {
+                match reference_mask(
+                    &self.model,
+                    &mut self.pre,
+                    image,
+                    feats,
+                    lb,
+                    o,
+                    &self.job.focus,
+                )? {
                     Some(c) => {
                         if !c.fits {
                             tracing::warn!(

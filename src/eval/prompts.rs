@@ -1,7 +1,8 @@
 //! How well the model segments an instance from one prompt on the same image: for every instance of a
-//! COCO file (whose `bbox` is at least `min_size` both ways), a box (the mask's box) or a click (the mask's most interior pixel) is decoded, the
-//! candidate with the highest predicted IoU is kept, and its mask is scored by IoU against the instance.
-//! The filled box is the baseline. Reading COCO segmentations is `bank::exemplars`; masks are `post/`.
+//! COCO file (whose `bbox` is at least `min_size` both ways), a box (the mask's box) or a click (the
+//! mask's most interior pixel) becomes the instance's prompt, decoded into its reference mask exactly as
+//! `vprompt propagate` decodes a prompt (`decode/reference.rs`, with `focus` as `job.focus`), and the
+//! mask is scored by IoU against the instance. The filled box is the baseline. Reading COCO segmentations is `bank::exemplars`; masks are `post/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,14 +11,14 @@ use serde::Serialize;
 
 use super::coco::read_json;
 use crate::bank::exemplars::{parse_segmentation, Shape};
-use crate::decode::reference::{box_row, point_row};
+use crate::decode::reference::reference_mask;
 use crate::error::{Error, Result};
-use crate::model::contract::names;
 use crate::model::{Model, Preprocessor, QueryInput, Tensor};
 use crate::post::distance::most_interior_pixel;
-use crate::post::mask::frame_mask;
 use crate::post::BinaryMask;
+use crate::prompt::ObjectPrompt;
 use crate::source::read_rgb;
+use crate::spec::FocusSpec;
 
 /// The prompt each instance gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +51,8 @@ pub struct PromptEvalOptions {
     pub split: Split,
     /// At most this many images (after the split, in file name order).
     pub limit: Option<usize>,
+    /// Looking closer on crops around the prompt (`job.focus`).
+    pub focus: FocusSpec,
 }
 
 /// One row of the table.
@@ -72,6 +75,8 @@ pub struct PromptReport {
     pub query_input: String,
     pub split: Split,
     pub min_size: u32,
+    /// Whether the prompt was also decoded on crops around it (`--focus on`).
+    pub focus: bool,
     pub images: usize,
     /// Images of the split that are not in the images folder (not evaluated).
     pub missing_images: usize,
@@ -169,7 +174,6 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
 
     let mut pre = Preprocessor::new(&model.spec.input);
     let s = model.input_size() as usize;
-    let generic = model.spec.queries.generic;
     let mut scores: Vec<Score> = Vec::new();
     for im in &present {
         let path = opts.images.join(&im.file);
@@ -227,27 +231,18 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
             .encode(&Tensor::new(vec![1, 3, s, s], input))?
             .pop()
             .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
-        let mask_feat = feats
-            .get(names::MASK_FEAT)
-            .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
         for (gt, b) in gts {
-            let row = match opts.prompt {
-                PromptKind::Box => box_row(&lb, b.map(|v| v as f32)),
+            let mut o = ObjectPrompt::at_frame(1, 0);
+            match opts.prompt {
+                PromptKind::Box => o.box_xyxy = Some(b.map(|v| v as f32)),
                 PromptKind::Click => {
                     let p = most_interior_pixel(&gt).expect("a mask with a box has a pixel");
-                    point_row(&lb, [p[0] as f32 + 0.5, p[1] as f32 + 0.5])
+                    o.points = vec![[p[0] as f32 + 0.5, p[1] as f32 + 0.5]];
                 }
-            };
-            let q = model
-                .decode(&[&feats], &[row])?
-                .pop()
-                .ok_or_else(|| Error::Runtime("the decoder returned no item".into()))?;
-            let best = (generic.min(q.count)..q.count)
-                .max_by(|&a, &b| q.iou[a].total_cmp(&q.iou[b]).then(b.cmp(&a)))
-                .ok_or_else(|| {
-                    Error::Runtime("the decoder returned no interactive query".into())
-                })?;
-            let (mask, _, _) = frame_mask(mask_feat, q.mask_row(best), &lb);
+            }
+            let mask = reference_mask(model, &mut pre, &rgb, &feats, &lb, &o, &opts.focus)?
+                .map(|c| c.mask)
+                .unwrap_or_else(|| BinaryMask::empty(im.width, im.height));
             scores.push((gt.area(), mask.iou(&gt), filled_box(b, &gt).iou(&gt)));
         }
     }
@@ -261,6 +256,7 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
         },
         split: opts.split,
         min_size: opts.min_size,
+        focus: opts.focus.enabled,
         images: present.len(),
         missing_images: missing.len(),
         buckets: buckets(&scores),

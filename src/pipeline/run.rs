@@ -83,7 +83,7 @@ type Waiting = (Instant, u64, u64, String, Option<String>, Arc<RgbImage>);
 /// What the per-frame stage computes.
 enum Job {
     Track(Box<Tracker>),
-    Label(Labeler),
+    Label(Box<Labeler>),
 }
 
 impl Job {
@@ -453,7 +453,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     let track_task = {
         let (rx, tx, st) = (enc_rx.clone(), fin_tx, st_track.clone());
         let mut tracker = if let Some(l) = labeler {
-            Job::Label(l)
+            Job::Label(Box::new(l))
         } else {
             Job::Track(Box::new(Tracker::new(
                 model.clone(),

@@ -288,18 +288,27 @@ impl PromptFile {
 }
 
 impl ObjectPrompt {
-    fn mask(id: u8, frame: u64, path: &Path, value: Option<u8>) -> Self {
+    /// Object `id` on frame `frame` with nothing given yet (set a box, points, scribbles or a mask).
+    pub fn at_frame(id: u8, frame: u64) -> Self {
         ObjectPrompt {
             id,
             frame,
-            mask: Some(path.to_path_buf()),
-            mask_value: value,
+            mask: None,
+            mask_value: None,
             image: None,
             box_xyxy: None,
             points: vec![],
             negative_points: vec![],
             scribbles: vec![],
             absent: false,
+        }
+    }
+
+    fn mask(id: u8, frame: u64, path: &Path, value: Option<u8>) -> Self {
+        ObjectPrompt {
+            mask: Some(path.to_path_buf()),
+            mask_value: value,
+            ..ObjectPrompt::at_frame(id, frame)
         }
     }
 

@@ -190,6 +190,103 @@ pub struct JobSpec {
     /// propagate: the per-object target model learned online and how it joins the decoder.
     #[serde(default)]
     pub target: TargetSpec,
+    /// propagate, find: how box and click prompts are looked at closer on their reference image.
+    #[serde(default)]
+    pub focus: FocusSpec,
+}
+
+/// Looking closer at a box or click prompt on its reference image (`decode/focus.rs`): the prompt is
+/// decoded again on crops of the image around it, encoded at full model input size.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FocusSpec {
+    /// Decode on crops as well (true) or on the whole image only (false).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A box prompt's crop: its box grown by this share of its width / height on every side.
+    #[serde(default = "default_focus_margin")]
+    pub margin: f32,
+    /// A box prompt's crop is used only when its long side is at most this share of the image's.
+    #[serde(default = "default_focus_max_share")]
+    pub max_share: f32,
+    /// A click prompt's square crops around its points, sides as shares of the image's long side.
+    #[serde(default = "default_focus_scales")]
+    pub scales: Vec<f32>,
+    /// A click prompt's crops are skipped when their side is under this share of the model's input
+    /// size: so small a crop would only be magnified, with no more detail than the image holds.
+    #[serde(default = "default_focus_min_side")]
+    pub min_side: f32,
+    /// A click prompt: weight of a candidate's mean IoU with the other candidates (the views' agreement)
+    /// beside its predicted IoU.
+    #[serde(default = "default_focus_agreement")]
+    pub agreement: f32,
+}
+
+/// Most crops a click prompt may be decoded on.
+pub const MAX_FOCUS_SCALES: usize = 8;
+
+impl Default for FocusSpec {
+    fn default() -> Self {
+        FocusSpec {
+            enabled: true,
+            margin: default_focus_margin(),
+            max_share: default_focus_max_share(),
+            scales: default_focus_scales(),
+            min_side: default_focus_min_side(),
+            agreement: default_focus_agreement(),
+        }
+    }
+}
+
+impl FocusSpec {
+    /// The whole image only.
+    pub fn off() -> Self {
+        FocusSpec {
+            enabled: false,
+            ..FocusSpec::default()
+        }
+    }
+
+    /// Why the settings cannot be used, naming the key under `job.focus`.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.margin >= 0.0 && self.margin <= 10.0) {
+            return Err("job.focus.margin: must be a number from 0 to 10 (e.g. 0.1)".into());
+        }
+        if !(self.max_share > 0.0 && self.max_share <= 1.0) {
+            return Err("job.focus.max_share: must be a number in (0, 1] (e.g. 0.8)".into());
+        }
+        if self.scales.len() > MAX_FOCUS_SCALES
+            || self.scales.iter().any(|&v| !(v > 0.0 && v < 1.0))
+        {
+            return Err(format!(
+                "job.focus.scales: at most {MAX_FOCUS_SCALES} numbers, each in (0, 1) \
+                 (e.g. [0.7, 0.5, 0.35, 0.2])"
+            ));
+        }
+        if !(self.min_side >= 0.0 && self.min_side <= 10.0) {
+            return Err("job.focus.min_side: must be a number from 0 to 10 (e.g. 0.6)".into());
+        }
+        if !(self.agreement >= 0.0 && self.agreement.is_finite()) {
+            return Err("job.focus.agreement: must be a number >= 0 (e.g. 1.0)".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_focus_margin() -> f32 {
+    0.1
+}
+fn default_focus_max_share() -> f32 {
+    0.8
+}
+fn default_focus_scales() -> Vec<f32> {
+    vec![0.7, 0.5, 0.35, 0.2]
+}
+fn default_focus_min_side() -> f32 {
+    0.6
+}
+fn default_focus_agreement() -> f32 {
+    1.0
 }
 
 /// The online target model of the propagate job (`decode/target.rs`): per object a logistic regression
@@ -405,6 +502,7 @@ impl Default for JobSpec {
             max_detections: default_max_detections(),
             manifest: None,
             target: TargetSpec::default(),
+            focus: FocusSpec::default(),
         }
     }
 }
@@ -678,6 +776,7 @@ impl PipelineSpec {
                 ));
             }
         }
+        self.job.focus.check()?;
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
                 "prompts: the propagate job needs a prompt file (objects to follow)".into(),
