@@ -158,16 +158,27 @@ pub fn stats(values: &[f64]) -> Stats {
     }
 }
 
-fn as_ids(labels: palette::Labels) -> palette::Labels {
-    // A binary mask (only 0 and 255, or 0 and 1) is object 1.
-    let binary = labels.data.iter().all(|&v| v == 0 || v == 255);
+/// Whether a sequence's ground truth is binary (DAVIS-2016: every frame only 0 and 255, or only 0 and
+/// 1), where any non-zero pixel is object 1; otherwise values are object ids and 255 marks void pixels.
+fn is_binary(frames: &[palette::Labels]) -> bool {
+    let only = |a: u8| {
+        frames
+            .iter()
+            .all(|l| l.data.iter().all(|&v| v == 0 || v == a))
+    };
+    only(255) || only(1)
+}
+
+/// Object ids of `labels` (binary masks become object 1) and its void pixels (255 in multi-object
+/// ground truth), which J and F leave out as the DAVIS toolkit does.
+fn ids_and_void(labels: palette::Labels, binary: bool) -> (palette::Labels, Vec<bool>) {
     if binary {
-        palette::Labels {
-            data: labels.data.iter().map(|&v| (v != 0) as u8).collect(),
-            ..labels
-        }
+        let data = labels.data.iter().map(|&v| (v != 0) as u8).collect();
+        let void = vec![false; labels.data.len()];
+        (palette::Labels { data, ..labels }, void)
     } else {
-        labels
+        let void = labels.data.iter().map(|&v| v == 255).collect();
+        (labels, void)
     }
 }
 
@@ -194,7 +205,13 @@ pub fn evaluate_sequence(name: &str, pred: &Path, gt: &Path) -> Result<Vec<Objec
             msg: "needs at least 3 annotated frames (the first and last are excluded)".into(),
         });
     }
-    let first = as_ids(palette::read(&files[0])?);
+    let gts = files
+        .iter()
+        .map(|f| palette::read(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let binary = is_binary(&gts);
+    let mut gts = gts.into_iter().map(|g| ids_and_void(g, binary));
+    let (first, _) = gts.next().expect("at least 3 frames");
     let mut objects: Vec<u8> = first
         .data
         .iter()
@@ -208,8 +225,7 @@ pub fn evaluate_sequence(name: &str, pred: &Path, gt: &Path) -> Result<Vec<Objec
     objects.dedup();
     let mut j: BTreeMap<u8, Vec<f64>> = BTreeMap::new();
     let mut f: BTreeMap<u8, Vec<f64>> = BTreeMap::new();
-    for file in &files[1..files.len() - 1] {
-        let g = as_ids(palette::read(file)?);
+    for (file, (g, void)) in files[1..files.len() - 1].iter().zip(gts) {
         let pfile = pred.join(file.file_name().unwrap_or_default());
         if !pfile.is_file() {
             return Err(Error::Frame {
@@ -220,7 +236,10 @@ pub fn evaluate_sequence(name: &str, pred: &Path, gt: &Path) -> Result<Vec<Objec
                 ),
             });
         }
-        let p = as_ids(palette::read(&pfile)?);
+        let p = palette::read(&pfile)?;
+        // A binary prediction (0 and 255) of a one-object sequence is that object.
+        let one = objects == [1] && (binary || p.data.iter().all(|&v| v == 0 || v == 255));
+        let (p, _) = ids_and_void(p, one);
         if (p.width, p.height) != (g.width, g.height) {
             return Err(Error::Frame {
                 frame: pfile.display().to_string(),
@@ -232,7 +251,12 @@ pub fn evaluate_sequence(name: &str, pred: &Path, gt: &Path) -> Result<Vec<Objec
         }
         let (w, h) = (g.width as usize, g.height as usize);
         for &o in &objects {
-            let pm: Vec<bool> = p.data.iter().map(|&v| v == o).collect();
+            let pm: Vec<bool> = p
+                .data
+                .iter()
+                .zip(&void)
+                .map(|(&v, &x)| v == o && !x)
+                .collect();
             let gm: Vec<bool> = g.data.iter().map(|&v| v == o).collect();
             j.entry(o).or_default().push(jaccard(&pm, &gm));
             f.entry(o).or_default().push(f_measure(&pm, &gm, w, h));
@@ -395,5 +419,57 @@ mod tests {
         assert_eq!(s.recall, 0.5);
         // ids = round(linspace(1, 8, 5)) - 1 = [0, 2, 4, 5, 7]: first bin 0..=2 mean 1, last 5..=7 mean 0.
         assert_eq!(s.decay, 1.0);
+    }
+
+    /// Ground truth with two objects and a void band (255), and a prediction that paints the void band
+    /// as object 1 and misses one row of object 2: the void pixels are left out of J and F (as the DAVIS
+    /// toolkit does), so object 1 scores 1.0 and object 2 what its missing row costs; read as pixels of
+    /// the background, the band would have cost object 1 too.
+    #[test]
+    fn void_pixels_are_left_out_of_j_and_f() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (gt_dir, pred_dir) = (tmp.path().join("gt"), tmp.path().join("pred"));
+        std::fs::create_dir_all(&gt_dir).unwrap();
+        std::fs::create_dir_all(&pred_dir).unwrap();
+        let (w, h) = (40u32, 30u32);
+        let mut gt = vec![0u8; (w * h) as usize];
+        let mut pred = gt.clone();
+        for y in 0..h as usize {
+            for x in 0..w as usize {
+                let i = y * w as usize + x;
+                if (5..15).contains(&x) && (5..25).contains(&y) {
+                    gt[i] = 1;
+                    pred[i] = 1;
+                }
+                if (15..18).contains(&x) && (5..25).contains(&y) {
+                    gt[i] = 255;
+                    pred[i] = 1;
+                }
+                if (25..35).contains(&x) && (5..25).contains(&y) {
+                    gt[i] = 2;
+                    pred[i] = if y == 24 { 0 } else { 2 };
+                }
+            }
+        }
+        for n in 0..3 {
+            let name = format!("{n:05}.png");
+            palette::write(&gt_dir.join(&name), w, h, &gt).unwrap();
+            palette::write(&pred_dir.join(&name), w, h, &pred).unwrap();
+        }
+        let scores = evaluate_sequence("void", &pred_dir, &gt_dir).unwrap();
+        assert_eq!(scores.len(), 2);
+        assert_eq!((scores[0].object, scores[0].frames), (1, 1));
+        assert_eq!(scores[0].j.mean, 1.0);
+        assert_eq!(scores[0].f.mean, 1.0);
+        assert_eq!(scores[1].object, 2);
+        assert!(
+            (scores[1].j.mean - 190.0 / 200.0).abs() < 1e-12,
+            "{:?}",
+            scores[1].j
+        );
+        // Without the void rule the band would be false positives of object 1: J = 200 / 260.
+        let band_as_background: Vec<bool> = gt.iter().map(|&v| v == 1).collect();
+        let painted: Vec<bool> = pred.iter().map(|&v| v == 1).collect();
+        assert!((jaccard(&painted, &band_as_background) - 200.0 / 260.0).abs() < 1e-12);
     }
 }
