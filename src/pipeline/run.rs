@@ -113,6 +113,11 @@ impl Job {
 /// come back before any frame is read.
 pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport> {
     let started = Instant::now();
+    // A spec built in code has not been through `PipelineSpec::parse`'s checks.
+    spec.check().map_err(|msg| Error::Spec {
+        path: "the pipeline spec given to pipeline::run".into(),
+        msg,
+    })?;
     let device: Device = spec.runtime.device.parse().map_err(Error::Runtime)?;
     let workers = spec.runtime.workers;
     let threads = if spec.runtime.threads > 0 {

@@ -715,7 +715,9 @@ impl PipelineSpec {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Why the spec cannot run, naming the key (`PipelineSpec::parse` calls it; `pipeline::run` calls it
+    /// again, for specs built in code).
+    pub fn check(&self) -> Result<(), String> {
         let s = &self.source;
         let given = [s.video.is_some(), s.frames.is_some(), s.images.is_some()]
             .iter()
