@@ -60,8 +60,8 @@ pub struct AutolabelArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Parallel model workers.
-    #[arg(long, default_value_t = 1)]
+    /// Parallel model workers (default: 2 on two or more cores, else 1).
+    #[arg(long, default_value_t = crate::spec::default_workers())]
     workers: usize,
     /// Images per encoder/decoder call.
     #[arg(long, default_value_t = 1)]

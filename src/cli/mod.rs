@@ -105,8 +105,8 @@ enum Command {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Parallel model workers.
-        #[arg(long, default_value_t = 1)]
+        /// Parallel model workers (default: 2 on two or more cores, else 1).
+        #[arg(long, default_value_t = crate::spec::default_workers())]
         workers: usize,
         /// How each object's mask is made: `fused` (the decoder's referring re-ranked by, and its logits
         /// joined with, a target model fitted on the reference frame), `rerank`, `target` (that model
@@ -132,7 +132,8 @@ enum Command {
         mask: PathBuf,
         #[arg(long, default_value_t = 80)]
         frames: u64,
-        #[arg(long, default_value_t = 1)]
+        /// Model workers (default: the pipeline default, 2 on two or more cores, else 1).
+        #[arg(long, default_value_t = crate::spec::default_workers())]
         workers: usize,
         #[arg(long, default_value_t = 1)]
         batch: usize,

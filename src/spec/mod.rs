@@ -559,8 +559,8 @@ pub struct RuntimeSpec {
     /// Capacity of every queue between stages (items). A full queue blocks the stage before it.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
-    /// Parallel model workers (encoder + decoder).
-    #[serde(default = "one_usize")]
+    /// Parallel model workers (encoder + decoder); default `default_workers()`.
+    #[serde(default = "default_workers")]
     pub workers: usize,
     /// Frames per encoder/decoder call (at most).
     #[serde(default = "one_usize")]
@@ -585,6 +585,17 @@ pub struct RuntimeSpec {
     pub max_frame_pixels: u64,
 }
 
+/// The default number of model workers: 2 on a machine with two or more cores, else 1. Measured on
+/// the 2-core development machine (`make demo`, 80 frames of 854x480, BENCHMARKS.md): 2 workers ran
+/// 6.2-6.5 frames/s against 3.8-4.8 for 1, the model's calls of one worker overlapping the other's
+/// decoding, tracking and writing.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(2)
+}
+
 fn default_queue() -> usize {
     8
 }
@@ -605,7 +616,7 @@ impl Default for RuntimeSpec {
     fn default() -> Self {
         RuntimeSpec {
             queue_capacity: default_queue(),
-            workers: 1,
+            workers: default_workers(),
             batch_size: 1,
             batch_wait_ms: 0,
             device: default_device(),
