@@ -6,6 +6,9 @@ mod common;
 use common::*;
 use vprompt::{PipelineSpec, RunOptions};
 
+/// A key the change breaks, and the change.
+type Case = (&'static str, fn(&mut PipelineSpec));
+
 fn demo_spec(dir: &std::path::Path) -> PipelineSpec {
     let data = root().join("data/demo");
     std::fs::write(
@@ -28,7 +31,7 @@ fn demo_spec(dir: &std::path::Path) -> PipelineSpec {
 fn run_checks_a_spec_changed_in_code() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cases: [(&str, fn(&mut PipelineSpec)); 3] = [
+    let cases: [Case; 3] = [
         ("runtime.workers", |s| s.runtime.workers = 0),
         ("job.focus.max_share", |s| s.job.focus.max_share = 0.0),
         ("job.target.l2", |s| s.job.target.l2 = f32::NAN),
