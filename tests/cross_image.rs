@@ -10,6 +10,9 @@ use vprompt::sink::palette;
 
 #[test]
 fn an_object_on_a_reference_image_is_found_in_another_clip() {
+    if skip_without(&["davis2016-train-240p"]) {
+        return;
+    }
     let data = davis();
     let tmp = tempfile::tempdir().unwrap();
     let clip = tmp.path().join("clip");
@@ -113,6 +116,9 @@ fn a_reference_image_prompt_is_checked_when_read() {
 
 #[test]
 fn find_labels_a_folder_from_one_reference_instance() {
+    if skip_without(&["coco128"]) {
+        return;
+    }
     // One person of a COCO128 pool image (its box) found in the evaluation half: a match per image, COCO
     // output that pycocotools loads, and matches on people. Measured on all 64 images (2026-12-02): 15 of
     // the 32 images with a person get a match of IoU > 0.5 with one; here the first 24 images, asking 4.

@@ -7,6 +7,9 @@ use common::*;
 
 #[test]
 fn eval_davis_matches_the_python_reference() {
+    if skip_without(&["davis2016-train-240p"]) {
+        return;
+    }
     let data = davis();
     let tmp = tempfile::tempdir().unwrap();
     let (gt_root, pred_root) = (tmp.path().join("gt"), tmp.path().join("pred"));

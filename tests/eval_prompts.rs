@@ -55,6 +55,9 @@ json.dump({{k: [len(v), (sum(v) / len(v)) if v else None] for k, v in rows.items
 
 #[test]
 fn filled_box_baseline_agrees_with_pycocotools_on_coco128() {
+    if skip_without(&["coco128"]) {
+        return;
+    }
     let data = coco128();
     let gt = data.join("annotations/instances_train2017.json");
     let images = data.join("train2017");
@@ -271,6 +274,9 @@ fn errors_name_the_file() {
 /// gain of 0.03 and no box loss, and that the report says which was run.
 #[test]
 fn focus_on_crops_segments_clicks_better_than_the_whole_image_alone() {
+    if skip_without(&["coco128"]) {
+        return;
+    }
     let data = coco128();
     let gt = data.join("annotations/instances_train2017.json");
     let images = data.join("train2017");

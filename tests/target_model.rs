@@ -25,6 +25,9 @@ fn iou_on_second_frame(out: &Path, gt: &Path) -> f64 {
 
 #[test]
 fn target_model_finds_the_turned_car_where_referring_alone_does_not() {
+    if skip_without(&["davis2016-train-240p"]) {
+        return;
+    }
     let data = davis();
     let tmp = tempfile::tempdir().unwrap();
     let frames = tmp.path().join("frames");

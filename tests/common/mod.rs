@@ -12,6 +12,36 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
+/// Whether a test that needs these folders of the shared development data (`../shared/data/<name>`)
+/// must be skipped: on a clone without them it prints why and the caller returns, so `make test` passes
+/// there on what the repository holds; with `VPROMPT_REQUIRE_DATA` set (`.ci/run` sets it) a missing
+/// folder fails the test instead.
+pub fn skip_without(names: &[&str]) -> bool {
+    let missing: Vec<PathBuf> = names
+        .iter()
+        .map(|n| root().join("../shared/data").join(n))
+        .filter(|p| !p.is_dir())
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let list = missing
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if std::env::var_os("VPROMPT_REQUIRE_DATA").is_some() {
+        panic!("VPROMPT_REQUIRE_DATA is set and the shared development data is missing: {list}");
+    }
+    // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: this test needs the shared development data, missing here: {list}"
+    );
+    true
+}
+
 /// A folder of the shared development data (`../shared/data/<name>`), which must be there.
 fn shared_data(name: &str) -> PathBuf {
     let data = root().join("../shared/data").join(name);
