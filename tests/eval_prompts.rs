@@ -9,6 +9,41 @@ use std::path::{Path, PathBuf};
 use common::*;
 use image::{Rgb, RgbImage};
 
+/// `vprompt eval prompts --gt GT --images IMAGES --prompt PROMPT --model MODEL [more...] --json`, parsed.
+fn eval_json(
+    gt: &Path,
+    images: &Path,
+    prompt: &str,
+    model: &Path,
+    more: &[&str],
+) -> serde_json::Value {
+    let (gt, images, model) = (
+        gt.to_str().unwrap(),
+        images.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "eval", "prompts", "--gt", gt, "--images", images, "--prompt", prompt, "--model", model,
+    ];
+    args.extend_from_slice(more);
+    args.push("--json");
+    json_out(&vprompt(&args))
+}
+
+/// COCO128's instances file, its images folder and the shipped model; `None` (the test is skipped)
+/// without the shared data.
+fn coco128_setup() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    if skip_without(&["coco128"]) {
+        return None;
+    }
+    let data = coco128();
+    Some((
+        data.join("annotations/instances_train2017.json"),
+        data.join("train2017"),
+        root().join("models/vprompt-lite0"),
+    ))
+}
+
 fn json_out(o: &std::process::Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
     serde_json::from_slice(&o.stdout).expect("--json prints JSON")
@@ -55,13 +90,9 @@ json.dump({{k: [len(v), (sum(v) / len(v)) if v else None] for k, v in rows.items
 
 #[test]
 fn filled_box_baseline_agrees_with_pycocotools_on_coco128() {
-    if skip_without(&["coco128"]) {
+    let Some((gt, images, model)) = coco128_setup() else {
         return;
-    }
-    let data = coco128();
-    let gt = data.join("annotations/instances_train2017.json");
-    let images = data.join("train2017");
-    let model = root().join("models/vprompt-lite0");
+    };
     let limit = 4;
     let args = |prompt: &str, json: bool| {
         let mut v = vec![
@@ -173,19 +204,7 @@ fn fixture_models_segment_the_squares_they_are_prompted_on() {
     let (gt, images) = scene(tmp.path());
     for model in ["color-model", "anchor-model"] {
         for prompt in ["box", "click"] {
-            let r = json_out(&vprompt(&[
-                "eval",
-                "prompts",
-                "--gt",
-                gt.to_str().unwrap(),
-                "--images",
-                images.to_str().unwrap(),
-                "--prompt",
-                prompt,
-                "--model",
-                fixture(model).to_str().unwrap(),
-                "--json",
-            ]));
+            let r = eval_json(&gt, &images, prompt, &fixture(model), &[]);
             let all = &r["buckets"][3];
             // The green squares (10 px) are under --min-size; the red ones are large.
             assert_eq!(all["instances"].as_u64(), Some(3), "{r}");
@@ -274,33 +293,17 @@ fn errors_name_the_file() {
 /// gain of 0.03 and no box loss, and that the report says which was run.
 #[test]
 fn focus_on_crops_segments_clicks_better_than_the_whole_image_alone() {
-    if skip_without(&["coco128"]) {
+    let Some((gt, images, model)) = coco128_setup() else {
         return;
-    }
-    let data = coco128();
-    let gt = data.join("annotations/instances_train2017.json");
-    let images = data.join("train2017");
-    let model = root().join("models/vprompt-lite0");
+    };
     let miou = |prompt: &str, focus: &str| -> f64 {
-        let r = json_out(&vprompt(&[
-            "eval",
-            "prompts",
-            "--gt",
-            gt.to_str().unwrap(),
-            "--images",
-            images.to_str().unwrap(),
-            "--prompt",
+        let r = eval_json(
+            &gt,
+            &images,
             prompt,
-            "--model",
-            model.to_str().unwrap(),
-            "--split",
-            "eval",
-            "--limit",
-            "16",
-            "--focus",
-            focus,
-            "--json",
-        ]));
+            &model,
+            &["--split", "eval", "--limit", "16", "--focus", focus],
+        );
         assert_eq!(r["focus"], focus == "on", "{r}");
         let all = &r["buckets"][3];
         assert_eq!(all["instances"].as_u64(), Some(66), "{r}");
