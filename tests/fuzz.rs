@@ -60,7 +60,13 @@ const TARGETS: &[Target] = &[
         YAML,
         false,
     ),
+    target("bank", "fuzz/bank.json", bank, JSON, false),
 ];
+
+/// A prompt bank (`vprompt bank build`'s JSON), read as autolabel reads it.
+fn bank(data: &[u8]) -> Result<(), vprompt::Error> {
+    vprompt::bank::Bank::parse(data, Path::new("fuzz/bank.json")).map(drop)
+}
 
 /// Exemplars (COCO JSON or YAML), each then rasterised on a 64x48 image (polygons, RLE, boxes, prompts).
 fn exemplars(data: &[u8], file: &str) -> Result<(), vprompt::Error> {

@@ -194,12 +194,20 @@ impl Bank {
 
     /// Reads and checks a bank file.
     pub fn load(path: &Path) -> Result<Bank> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Prompt {
+            path: path.to_path_buf(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        Bank::parse(&bytes, path)
+    }
+
+    /// Parses and checks the bytes of a bank file; errors name `path`.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Bank> {
         let err = |msg: String| Error::Prompt {
             path: path.to_path_buf(),
             msg,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let bank: Bank = serde_json::from_slice(&bytes).map_err(|e| {
+        let bank: Bank = serde_json::from_slice(bytes).map_err(|e| {
             err(format!(
                 "not a vprompt bank ({e}); make one with `vprompt bank build`"
             ))
@@ -421,5 +429,15 @@ mod tests {
         std::fs::write(&p, "{}").unwrap();
         let e = Bank::load(&p).unwrap_err().to_string();
         assert!(e.contains("not a vprompt bank"), "{e}");
+    }
+
+    #[test]
+    fn the_fuzzers_seed_bank_is_a_valid_bank() {
+        // The seed of the `bank` fuzz target must be accepted, so that its mutations start from the
+        // checks' far side; it also carries a non-ASCII class name.
+        let seed = include_bytes!("../../tests/fuzz/corpus/bank/bank.json");
+        let b = Bank::parse(seed, Path::new("seed.json")).unwrap();
+        assert_eq!(b.classes.len(), 2);
+        assert_eq!(b.classes[1].name, "dog \u{fc}");
     }
 }
