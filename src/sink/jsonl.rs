@@ -3,20 +3,17 @@
 //! disk) is cut off again, so the file always ends with a complete line. A resumed auto-labeling run keeps
 //! the lines of the images its manifest holds and appends after them.
 
-use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::lines::LineFile;
 use super::record::ImageRecord;
 use super::{create_parent, io_error, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
 pub struct JsonlSink {
-    path: PathBuf,
-    out: std::fs::File,
-    /// Bytes of complete lines written.
-    len: u64,
+    out: LineFile,
 }
 
 impl JsonlSink {
@@ -27,19 +24,8 @@ impl JsonlSink {
         } else if path.exists() {
             std::fs::remove_file(path).map_err(|e| io_error(path, "cannot replace", &e))?;
         }
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io_error(path, "cannot create", &e))?;
-        let len = out
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| io_error(path, "cannot open", &e))?;
         Ok(JsonlSink {
-            path: path.to_path_buf(),
-            out,
-            len,
+            out: LineFile::append(path)?,
         })
     }
 }
@@ -71,21 +57,11 @@ impl Sink for JsonlSink {
         });
         let mut text = line.to_string();
         text.push('\n');
-        if let Err(e) = self.out.write_all(text.as_bytes()) {
-            // Cut the partial line off (best effort: a full disk still allows shrinking a file).
-            let _ = self.out.set_len(self.len);
-            let _ = self.out.seek(std::io::SeekFrom::Start(self.len));
-            return Err(io_error(&self.path, "cannot write", &e));
-        }
-        self.len += text.len() as u64;
-        Ok(())
+        self.out.write(&text)
     }
 
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
-        self.out
-            .flush()
-            .map_err(|e| io_error(&self.path, "cannot write", &e))?;
-        Ok(vec![self.path.clone()])
+        self.out.finish()
     }
 }
 

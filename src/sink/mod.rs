@@ -4,6 +4,7 @@
 pub mod coco;
 pub mod contact;
 pub mod jsonl;
+pub mod lines;
 pub mod manifest;
 pub mod mot;
 pub mod overlay;

@@ -4,27 +4,20 @@
 //! on a frame have no line. Written line by line, and a line that cannot be written whole is cut off again,
 //! so the file always ends with a complete line.
 
-use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use super::{create_parent, io_error, FrameRecord, Sink};
+use super::lines::LineFile;
+use super::{FrameRecord, Sink};
 use crate::error::Error;
 
 pub struct MotSink {
-    path: PathBuf,
-    out: std::fs::File,
-    /// Bytes of complete lines written.
-    len: u64,
+    out: LineFile,
 }
 
 impl MotSink {
     pub fn new(path: &Path) -> Result<Self, Error> {
-        create_parent(path)?;
-        let out = std::fs::File::create(path).map_err(|e| io_error(path, "cannot create", &e))?;
         Ok(MotSink {
-            path: path.to_path_buf(),
-            out,
-            len: 0,
+            out: LineFile::create(path)?,
         })
     }
 }
@@ -52,21 +45,11 @@ pub fn lines(f: &FrameRecord<'_>) -> String {
 
 impl Sink for MotSink {
     fn write(&mut self, f: &FrameRecord<'_>) -> Result<(), Error> {
-        let text = lines(f);
-        if let Err(e) = self.out.write_all(text.as_bytes()) {
-            let _ = self.out.set_len(self.len);
-            let _ = self.out.seek(std::io::SeekFrom::Start(self.len));
-            return Err(io_error(&self.path, "cannot write", &e));
-        }
-        self.len += text.len() as u64;
-        Ok(())
+        self.out.write(&lines(f))
     }
 
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
-        self.out
-            .flush()
-            .map_err(|e| io_error(&self.path, "cannot write", &e))?;
-        Ok(vec![self.path.clone()])
+        self.out.finish()
     }
 }
 
