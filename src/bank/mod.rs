@@ -100,12 +100,7 @@ impl Bank {
                     )));
                 }
             }
-            let mut input = vec![0.0f32; 3 * s * s];
-            let lb = pre.fill(&rgb, &mut input);
-            let feats = model
-                .encode(&Tensor::new(vec![1, 3, s, s], input))?
-                .pop()
-                .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+            let (feats, lb) = model.encode_image(&mut pre, &rgb)?;
             let maps = descriptor_maps(&feats, names);
             // Prompts in chunks, so that a crowded image does not make one huge tensor.
             for chunk in img.objects.chunks(16) {

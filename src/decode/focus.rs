@@ -24,7 +24,7 @@ use image::RgbImage;
 use super::reference::{box_row, point_row, Choice, PromptCues};
 use crate::error::{Error, Result};
 use crate::model::contract::names;
-use crate::model::{Model, Preprocessor, QueryAnchor, Tensor};
+use crate::model::{Model, Preprocessor, QueryAnchor};
 use crate::post::mask::frame_mask;
 use crate::post::BinaryMask;
 use crate::prompt::ObjectPrompt;
@@ -228,13 +228,7 @@ pub fn decode_window(
 ) -> Result<Vec<Candidate>> {
     let [x0, y0, x1, y1] = win;
     let crop = image::imageops::crop_imm(image, x0, y0, x1 - x0, y1 - y0).to_image();
-    let s = model.input_size() as usize;
-    let mut input = vec![0.0f32; 3 * s * s];
-    let lb = pre.fill(&crop, &mut input);
-    let feats = model
-        .encode(&Tensor::new(vec![1, 3, s, s], input))?
-        .pop()
-        .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+    let (feats, lb) = model.encode_image(pre, &crop)?;
     let (dx, dy) = (x0 as f32, y0 as f32);
     let mut rows: Vec<QueryAnchor> = Vec::new();
     if let Some(b) = o.box_xyxy {

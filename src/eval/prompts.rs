@@ -13,7 +13,7 @@ use super::coco::read_json;
 use crate::bank::exemplars::{parse_segmentation, Shape};
 use crate::decode::reference::reference_mask;
 use crate::error::{Error, Result};
-use crate::model::{Model, Preprocessor, QueryInput, Tensor};
+use crate::model::{Model, Preprocessor, QueryInput};
 use crate::post::distance::most_interior_pixel;
 use crate::post::BinaryMask;
 use crate::prompt::ObjectPrompt;
@@ -173,7 +173,6 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
     }
 
     let mut pre = Preprocessor::new(&model.spec.input);
-    let s = model.input_size() as usize;
     let mut scores: Vec<Score> = Vec::new();
     for im in &present {
         let path = opts.images.join(&im.file);
@@ -225,12 +224,7 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
         if gts.is_empty() {
             continue;
         }
-        let mut input = vec![0.0f32; 3 * s * s];
-        let lb = pre.fill(&rgb, &mut input);
-        let feats = model
-            .encode(&Tensor::new(vec![1, 3, s, s], input))?
-            .pop()
-            .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+        let (feats, lb) = model.encode_image(&mut pre, &rgb)?;
         for (gt, b) in gts {
             let mut o = ObjectPrompt::at_frame(1, 0);
             match opts.prompt {

@@ -217,6 +217,22 @@ impl Model {
             .collect())
     }
 
+    /// Letterboxes one image with `pre` and encodes it alone.
+    pub fn encode_image(
+        &self,
+        pre: &mut super::Preprocessor,
+        image: &image::RgbImage,
+    ) -> Result<(Features, super::Letterbox)> {
+        let s = self.input_size() as usize;
+        let mut input = vec![0.0f32; 3 * s * s];
+        let lb = pre.fill(image, &mut input);
+        let feats = self
+            .encode(&Tensor::new(vec![1, 3, s, s], input))?
+            .pop()
+            .ok_or_else(|| Error::Runtime("the encoder returned no item".into()))?;
+        Ok((feats, lb))
+    }
+
     /// The decoder's interactive query input (`points` or `anchors`).
     pub fn query_input(&self) -> QueryInput {
         self.spec.query_input()
