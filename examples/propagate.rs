@@ -1,11 +1,13 @@
-//! Using vprompt as a library: build a pipeline in code, run it, read the results.
+//! Using vprompt as a library: build a pipeline in code, run it, get each frame's results in memory.
 //!
-//! `cargo run --example propagate -- [MODEL_DIR]` (default: the shipped models/vprompt-lite0) follows the
-//! car of the demo clip and prints each frame's object area from the JSONL it wrote.
+//! `cargo run --release --example propagate -- [MODEL_DIR]` (default: the shipped models/vprompt-lite0)
+//! follows the car of the demo clip and prints each frame's object area and box as the frames finish; the
+//! spec's own sink (JSONL) is written beside, as a pipeline file would.
 
 use std::path::PathBuf;
 
-use vprompt::{PipelineSpec, RunOptions};
+use vprompt::sink::FrameRecord;
+use vprompt::{Pipeline, PipelineSpec};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -27,15 +29,16 @@ fn main() -> anyhow::Result<()> {
         root.join("data/demo/car-turn.mp4"),
     );
     let spec = PipelineSpec::parse(&yaml, &out.join("pipeline.yaml"), &[])?;
-    let report =
-        tokio::runtime::Runtime::new()?.block_on(vprompt::run(spec, RunOptions::default()))?;
+    let pipeline = Pipeline::new(spec).on_frame(|f: &FrameRecord<'_>| {
+        for o in &f.result.objects {
+            println!(
+                "frame {}: object {} area {} box {:?} score {:.2}",
+                f.index, o.id, o.area, o.box_xyxy, o.score
+            );
+        }
+        Ok(())
+    });
+    let report = tokio::runtime::Runtime::new()?.block_on(pipeline.run())?;
     print!("{}", report.table());
-    for line in std::fs::read_to_string(out.join("results.jsonl"))?.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        println!(
-            "frame {}: object 1 area {}",
-            v["frame"], v["objects"][0]["area"]
-        );
-    }
     Ok(())
 }

@@ -17,5 +17,5 @@ pub mod source;
 pub mod spec;
 
 pub use error::{Error, Result};
-pub use pipeline::{run, RunOptions, RunReport};
+pub use pipeline::{run, Job, Pipeline, RunOptions, RunReport};
 pub use spec::PipelineSpec;

@@ -32,12 +32,8 @@ pub struct AutolabelArgs {
     /// Model folder (default: the shipped models/vprompt-lite0).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// This process's part of the images, `I/N` (0-based).
-    #[arg(long, conflicts_with = "shard_count")]
-    shard: Option<String>,
-    /// Number of shards, the index coming from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
-    #[arg(long, env = "VPROMPT_SHARD_COUNT")]
-    shard_count: Option<u64>,
+    #[command(flatten)]
+    parts: ImageSetRun,
     /// Keep detections scoring at least this.
     #[arg(long, default_value_t = 0.05)]
     threshold: f32,
@@ -69,9 +65,6 @@ pub struct AutolabelArgs {
     /// Skip the overlay PNGs.
     #[arg(long)]
     no_overlays: bool,
-    /// Start over instead of resuming what the output folder's manifest records.
-    #[arg(long)]
-    restart: bool,
     #[arg(long, short)]
     quiet: bool,
 }
@@ -109,6 +102,7 @@ fn load_model(dir: &Path, device: &str) -> Result<Model> {
         device: device.parse().map_err(anyhow::Error::msg)?,
         threads: 0,
         library: None,
+        sessions: 1,
     };
     Ok(Model::load(dir, &opts)?)
 }
@@ -201,29 +195,53 @@ pub(super) fn image_set_sinks(out: &Path, yolo: bool, overlays: bool) -> Vec<Str
     sinks
 }
 
-/// The shard of this process: `--shard I/N`, or JOB_COMPLETION_INDEX with `--shard-count N`.
-fn resolve_shard(a: &AutolabelArgs) -> Result<Option<Shard>> {
-    if let Some(s) = &a.shard {
-        return Ok(Some(s.parse().map_err(anyhow::Error::msg)?));
+/// How a run over an image set is split and resumed: the options `autolabel` and `find` share.
+#[derive(Args)]
+pub struct ImageSetRun {
+    /// This process's part of the images, `I/N` (0-based).
+    #[arg(long, conflicts_with = "shard_count")]
+    shard: Option<String>,
+    /// Number of shards, the index coming from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, env = "VPROMPT_SHARD_COUNT")]
+    shard_count: Option<u64>,
+    /// Start over instead of resuming what the output folder's manifest records.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+impl ImageSetRun {
+    /// The shard of this process: `--shard I/N`, or JOB_COMPLETION_INDEX with `--shard-count N`.
+    pub fn shard(&self) -> Result<Option<Shard>> {
+        if let Some(s) = &self.shard {
+            return Ok(Some(s.parse().map_err(anyhow::Error::msg)?));
+        }
+        let Some(n) = self.shard_count else {
+            return Ok(None);
+        };
+        let i = std::env::var("JOB_COMPLETION_INDEX").with_context(|| {
+            "--shard-count (or VPROMPT_SHARD_COUNT) needs JOB_COMPLETION_INDEX, as a Kubernetes Indexed Job \
+             sets it; or give --shard I/N"
+        })?;
+        Ok(Some(format!("{}/{n}", i.trim()).parse().map_err(
+            |e: String| anyhow::anyhow!("JOB_COMPLETION_INDEX={i} with {n} shards: {e}"),
+        )?))
     }
-    let Some(n) = a.shard_count else {
-        return Ok(None);
-    };
-    let i = std::env::var("JOB_COMPLETION_INDEX").with_context(|| {
-        "--shard-count (or VPROMPT_SHARD_COUNT) needs JOB_COMPLETION_INDEX, as a Kubernetes Indexed Job \
-         sets it; or give --shard I/N"
-    })?;
-    Ok(Some(format!("{}/{n}", i.trim()).parse().map_err(
-        |e: String| anyhow::anyhow!("JOB_COMPLETION_INDEX={i} with {n} shards: {e}"),
-    )?))
+
+    /// The output folder of this process (`OUT/shard-I-of-N` when sharded) and the source keys that
+    /// select its shard.
+    pub fn output(&self, out: &Path) -> Result<(PathBuf, String)> {
+        Ok(match self.shard()? {
+            Some(s) => (
+                out.join(format!("shard-{}-of-{}", s.index, s.count)),
+                format!(", shard: \"{}/{}\"", s.index, s.count),
+            ),
+            None => (out.to_path_buf(), String::new()),
+        })
+    }
 }
 
 pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
-    let shard = resolve_shard(&a)?;
-    let out = match shard {
-        Some(s) => a.out.join(format!("shard-{}-of-{}", s.index, s.count)),
-        None => a.out.clone(),
-    };
+    let (out, shard_line) = a.parts.output(&a.out)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let model = match &a.model {
@@ -245,9 +263,6 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
     };
     let images = images_source(&a.images);
     let sinks = image_set_sinks(&out, true, !a.no_overlays);
-    let shard_line = shard
-        .map(|s| format!(", shard: \"{}/{}\"", s.index, s.count))
-        .unwrap_or_default();
     let labeler = match a.labeler {
         Labeler::Proposals => "proposals",
         Labeler::Generic => "generic",
@@ -271,5 +286,5 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
     std::fs::write(&spec_path, &text)
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
     let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
-    execute(spec, None, a.quiet, a.restart)
+    execute(spec, None, a.quiet, a.parts.restart)
 }

@@ -136,6 +136,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             device,
             threads,
             library: None,
+            sessions: 1,
         },
     )?;
     let src = PipelineSpec::parse(
@@ -308,6 +309,7 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
             device,
             threads,
             library: None,
+            sessions: 1,
         },
     )?;
     // The bank (not timed).

@@ -1,15 +1,15 @@
 //! `vprompt find`: an object marked on a reference image, found in every image of a folder (cross-image
 //! referring over an image set). Each image gets each object's best match, or nothing below
-//! `--min-score`. Runs the propagate job over the images with the objects anchored on their reference
-//! images and no memory of earlier images (`memory: 0`, no online updates), so every image is labeled from
-//! the references alone, whatever the order.
+//! `--min-score`. Runs the `find` job: the objects anchored on their reference images and no memory of
+//! earlier images, so every image is labeled from the references alone, whatever the order; hence it
+//! resumes from its manifest after an interruption and splits into shards (`vprompt merge` joins them).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::autolabel::{image_set_sinks, images_source};
+use super::autolabel::{image_set_sinks, images_source, ImageSetRun};
 use super::{default_model, execute, parse_box, parse_xy, quick_prompt, write_prompts, yaml_str};
 use crate::prompt::PromptFile;
 use crate::spec::PipelineSpec;
@@ -41,9 +41,12 @@ pub struct FindArgs {
     /// A prompt file whose objects are all on reference images (`image:`), instead of --ref.
     #[arg(long, conflicts_with_all = ["reference", "mask"])]
     prompts: Option<PathBuf>,
-    /// Output folder: coco.json, results.jsonl, overlays/, contact-sheet.png, report.json.
+    /// Output folder: coco.json, results.jsonl, overlays/, contact-sheet.png, manifest.jsonl,
+    /// report.json (in shard-I-of-N/ when sharded).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    parts: ImageSetRun,
     /// A match must score at least this (the cosine of its query to the object's references).
     #[arg(long, default_value_t = 0.0)]
     min_score: f32,
@@ -53,6 +56,9 @@ pub struct FindArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Parallel model workers (default: 2 on two or more cores, else 1).
+    #[arg(long, default_value_t = crate::spec::default_workers())]
+    workers: usize,
     /// Skip the overlay PNGs.
     #[arg(long)]
     no_overlays: bool,
@@ -61,8 +67,8 @@ pub struct FindArgs {
 }
 
 pub fn find(a: FindArgs) -> Result<i32> {
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let (out, shard_line) = a.parts.output(&a.out)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let prompts = match (&a.prompts, &a.reference) {
         (Some(p), _) => {
@@ -90,7 +96,7 @@ pub fn find(a: FindArgs) -> Result<i32> {
                 o.image = Some(abs(r));
             }
             file.check().map_err(anyhow::Error::msg)?;
-            let path = a.out.join("prompts.yaml");
+            let path = out.join("prompts.yaml");
             write_prompts(&file, &path)?;
             abs(&path)
         }
@@ -101,19 +107,20 @@ pub fn find(a: FindArgs) -> Result<i32> {
         None => default_model()?,
     };
     let images = images_source(&a.images);
-    let sinks = image_set_sinks(&a.out, false, !a.no_overlays);
+    let sinks = image_set_sinks(&out, false, !a.no_overlays);
     let text = format!(
-        "source: {{ images: {} }}\nmodel: {}\nprompts: {}\njob:\n  kind: propagate\n  memory: 0\n  min_score: {}\nsinks:\n{}\nruntime: {{ device: {} }}\n",
+        "source: {{ images: {}{shard_line} }}\nmodel: {}\nprompts: {}\njob:\n  kind: find\n  min_score: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {} }}\n",
         yaml_str(&images),
         yaml_str(&abs(&model).to_string_lossy()),
         yaml_str(&prompts.to_string_lossy()),
         a.min_score,
         sinks.join("\n"),
         yaml_str(&a.device),
+        a.workers,
     );
-    let spec_path = a.out.join("pipeline.yaml");
+    let spec_path = out.join("pipeline.yaml");
     std::fs::write(&spec_path, &text)
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
     let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
-    execute(spec, None, a.quiet, false)
+    execute(spec, None, a.quiet, a.parts.restart)
 }

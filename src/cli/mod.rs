@@ -283,6 +283,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 device: spec.runtime.device.parse().map_err(anyhow::Error::msg)?,
                 threads: 1,
                 library: None,
+                sessions: 1,
             };
             let model = Model::load(&spec.model, &opts)?;
             if let Some(p) = &spec.prompts {

@@ -2,7 +2,8 @@
 //! Pixels, letterboxing and masks live elsewhere (`letterbox.rs`, `post/`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -20,6 +21,9 @@ pub struct SessionOptions {
     pub threads: usize,
     /// Explicit library path (else `ORT_DYLIB_PATH` or the project-local install).
     pub library: Option<PathBuf>,
+    /// Sessions opened for the encoder and for the decoder: that many calls of each run at once (one per
+    /// pipeline worker). The prompt encoder, used once per prompt, gets one.
+    pub sessions: usize,
 }
 
 impl Default for SessionOptions {
@@ -28,6 +32,7 @@ impl Default for SessionOptions {
             device: Device::Cpu,
             threads: 2,
             library: None,
+            sessions: 1,
         }
     }
 }
@@ -147,10 +152,30 @@ impl Queries {
 struct Graph {
     file: PathBuf,
     spec: GraphSpec,
-    session: Mutex<Session>,
+    /// Each session runs one call at a time; a call takes a free one (or waits its turn on one).
+    sessions: Vec<Mutex<Session>>,
+    turn: AtomicUsize,
 }
 
-/// A loaded model: its spec and one session per graph. Sessions run one call at a time each.
+impl Graph {
+    /// A free session, else the next one in turn (waiting for it).
+    fn session(&self) -> Result<MutexGuard<'_, Session>> {
+        let poisoned =
+            || Error::Runtime(format!("{}: a previous run panicked", self.file.display()));
+        for s in &self.sessions {
+            match s.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        self.sessions[i].lock().map_err(|_| poisoned())
+    }
+}
+
+/// A loaded model: its spec and its graphs' sessions (`SessionOptions::sessions` for the encoder and
+/// the decoder, one for the prompt encoder).
 pub struct Model {
     pub dir: PathBuf,
     pub spec: ModelSpec,
@@ -175,22 +200,28 @@ impl Model {
                 ));
             }
         }
-        let open = |g: &GraphSpec| -> Result<Graph> {
+        let open = |g: &GraphSpec, count: usize| -> Result<Graph> {
             let file = dir.join(&g.file);
             let session = open_session(&env, &file, opts)?;
             let actual_in = outlets(session.inputs());
             let actual_out = outlets(session.outputs());
             check_tensors(&file, "input", &g.inputs, &actual_in)?;
             check_tensors(&file, "output", &g.outputs, &actual_out)?;
+            let mut sessions = vec![Mutex::new(session)];
+            for _ in 1..count {
+                sessions.push(Mutex::new(open_session(&env, &file, opts)?));
+            }
             Ok(Graph {
                 file,
                 spec: g.clone(),
-                session: Mutex::new(session),
+                sessions,
+                turn: AtomicUsize::new(0),
             })
         };
-        let encoder = open(&spec.graphs.encoder)?;
-        let prompt_encoder = open(&spec.graphs.prompt_encoder)?;
-        let decoder = open(&spec.graphs.decoder)?;
+        let n = opts.sessions.max(1);
+        let encoder = open(&spec.graphs.encoder, n)?;
+        let prompt_encoder = open(&spec.graphs.prompt_encoder, 1)?;
+        let decoder = open(&spec.graphs.decoder, n)?;
         let identity = identity_of(dir, &spec)?;
         Ok(Model {
             dir: dir.to_path_buf(),
@@ -371,9 +402,7 @@ fn run(graph: &Graph, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)
             Ok((name.to_string(), v.into()))
         })
         .collect::<Result<Vec<(String, ort::session::SessionInputValue<'_>)>, ort::Error>>()?;
-    let mut session = graph.session.lock().map_err(|_| {
-        Error::Runtime(format!("{}: a previous run panicked", graph.file.display()))
-    })?;
+    let mut session = graph.session()?;
     let outputs = session.run(values).map_err(|e| Error::Contract {
         graph: graph.file.clone(),
         msg: format!("run failed: {e}"),

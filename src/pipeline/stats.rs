@@ -242,6 +242,43 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report of a run that read `read` frames and wrote what `written` says, in `wall`.
+    pub(super) fn new(
+        read: u64,
+        written: super::stages::Written,
+        resumed: u64,
+        wall: Duration,
+        in_flight: &InFlight,
+        interrupted: bool,
+        stages: &[Arc<StageStats>],
+    ) -> Self {
+        let latency = &written.latency;
+        RunReport {
+            frames_read: read,
+            frames_written: written.frames,
+            frames_failed: written.errors.len() as u64,
+            frames_resumed: resumed,
+            wall_s: wall.as_secs_f64(),
+            fps: written.frames as f64 / wall.as_secs_f64().max(1e-9),
+            peak_frames_in_flight: in_flight.peak(),
+            in_flight_bound: in_flight.bound(),
+            peak_rss_mib: peak_rss_mib(),
+            latency_ms: [
+                latency.quantile_ms(0.5).unwrap_or(0.0),
+                latency.quantile_ms(0.95).unwrap_or(0.0),
+                latency.max_ms(),
+            ],
+            interrupted,
+            stages: stages.iter().map(|s| s.report(wall)).collect(),
+            errors: written.errors,
+            outputs: written
+                .outputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        }
+    }
+
     /// A short human-readable table.
     pub fn table(&self) -> String {
         let mut s = String::new();

@@ -175,3 +175,31 @@ impl Sink for PalettePngSink {
         Ok(vec![self.dir.clone()])
     }
 }
+
+/// A sink that hands every frame to a function: results in memory, for library users
+/// (`Pipeline::on_frame`). An error from the function fails the run as a failing sink does.
+pub struct Callback<F> {
+    f: F,
+}
+
+impl<F> Callback<F>
+where
+    F: FnMut(&FrameRecord<'_>) -> Result<(), Error> + Send,
+{
+    pub fn new(f: F) -> Self {
+        Callback { f }
+    }
+}
+
+impl<F> Sink for Callback<F>
+where
+    F: FnMut(&FrameRecord<'_>) -> Result<(), Error> + Send,
+{
+    fn write(&mut self, frame: &FrameRecord<'_>) -> Result<(), Error> {
+        (self.f)(frame)
+    }
+
+    fn finish(&mut self) -> Result<Vec<PathBuf>, Error> {
+        Ok(Vec::new())
+    }
+}

@@ -515,6 +515,9 @@ pub enum JobKind {
     Propagate,
     /// Dataset auto-labeling: every instance of the bank's classes in independent images.
     Autolabel,
+    /// Cross-image referring: objects marked on reference images (`image:` in the prompt file), looked
+    /// for in every image of the source on its own (`job.memory` is 0); resumable and shardable.
+    Find,
 }
 
 /// One output. Several may be listed; each gets every result.
@@ -793,6 +796,12 @@ impl PipelineSpec {
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
                 "prompts: the propagate job needs a prompt file (objects to follow)".into(),
+            );
+        }
+        if self.job.kind == JobKind::Find && self.prompts.is_none() {
+            return Err(
+                "prompts: the find job needs a prompt file (objects marked on reference images)"
+                    .into(),
             );
         }
         if self.job.kind == JobKind::Autolabel {
