@@ -94,9 +94,17 @@ fn python_baseline(script: &str, args: &[String]) -> Result<(f64, Option<f64>)> 
         "{} not found (run from the repository root)",
         script.display()
     );
+    // The packages `make deps` installs (PyAV among them) live in .deps/python.
+    let mut path = std::env::var_os("PYTHONPATH").unwrap_or_default();
+    if Path::new(".deps/python").is_dir() {
+        let mut dirs = vec![std::path::absolute(".deps/python")?];
+        dirs.extend(std::env::split_paths(&path));
+        path = std::env::join_paths(dirs)?;
+    }
     let o = Command::new("python3")
         .arg(script)
         .args(args)
+        .env("PYTHONPATH", path)
         .output()
         .context("cannot run python3")?;
     anyhow::ensure!(
