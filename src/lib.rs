@@ -1,13 +1,16 @@
+#![warn(missing_docs)]
 //! vprompt: visual in-context prompted segmentation (the DINOv method) as a streaming pipeline.
 //!
 //! A frame goes `source` -> `model` (letterbox, encoder, decoder) -> `decode` (prompt memory lookup,
 //! matching) -> `post` (masks, NMS, RLE) -> `sink`. `spec` reads the YAML that wires it; `pipeline` runs it.
 
 pub mod bank;
+#[doc(hidden)]
+/// The command line (the `vprompt` binary's; not part of the library's API).
 pub mod cli;
 pub mod decode;
 pub mod error;
-pub mod eval;
+pub(crate) mod eval;
 pub mod model;
 pub mod pipeline;
 pub mod post;

@@ -27,28 +27,36 @@ pub struct ExemplarSet {
     pub file: PathBuf,
     /// `(category id, name)` in id order.
     pub classes: Vec<(u32, String)>,
+    /// The images with at least one usable exemplar.
     pub images: Vec<ExemplarImage>,
 }
 
+/// One image of an exemplar file and its exemplars.
 #[derive(Debug, Clone)]
 pub struct ExemplarImage {
+    /// The image file, resolved against the images folder.
     pub path: PathBuf,
     /// Expected size `(width, height)`, when the exemplar file states it.
     pub size: Option<(u32, u32)>,
+    /// The exemplars on this image.
     pub objects: Vec<ExemplarObject>,
 }
 
+/// One exemplar: a class and the prompt that marks it on its image.
 #[derive(Debug, Clone)]
 pub struct ExemplarObject {
+    /// Category id: COCO's `category_id`, or 1.. in the order a YAML's classes first appear.
     pub category: u32,
     /// Where the exemplar came from, for messages and the bank file (`annotation 17`, `object 2`).
     pub origin: String,
+    /// The prompt that marks it.
     pub shape: Shape,
 }
 
 /// An exemplar's prompt, turned into a mask once its image is read.
 #[derive(Debug, Clone)]
 pub enum Shape {
+    /// COCO polygons, each `[x1, y1, x2, y2, ...]` in image pixels; their union is the mask.
     Polygons(Vec<Vec<f64>>),
     /// Column-major runs and the `[height, width]` they cover.
     Runs(Vec<u32>, [u32; 2]),
@@ -119,6 +127,7 @@ impl ExemplarSet {
         })
     }
 
+    /// Number of exemplars over all images.
     pub fn count(&self) -> usize {
         self.images.iter().map(|i| i.objects.len()).sum()
     }

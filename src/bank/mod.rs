@@ -24,10 +24,13 @@ const VERSION: u32 = 2;
 /// A bank file (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bank {
+    /// Always `vprompt-bank`; any other value is refused on load.
     pub format: String,
+    /// The bank format version (2); other versions must be rebuilt with `vprompt bank build`.
     pub version: u32,
     /// The model's identity (sha256 over model.yaml and its graphs): a bank only fits that model.
     pub model: String,
+    /// The model's `name` from its `model.yaml`, for messages.
     pub model_name: String,
     /// Embedding size.
     pub dim: usize,
@@ -35,22 +38,29 @@ pub struct Bank {
     pub descriptor_dim: usize,
     /// The exemplar file it was built from.
     pub exemplars: String,
+    /// The classes that got at least one exemplar, in category id order.
     pub classes: Vec<BankClass>,
 }
 
+/// One class of a bank and all its encoded exemplars.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BankClass {
+    /// Category id, as in the exemplar file (COCO's `category_id`; 1.. in a YAML's class order).
     pub id: u32,
+    /// Category name, written to the outputs' category lists.
     pub name: String,
+    /// Every exemplar of the class (at least one).
     pub exemplars: Vec<Exemplar>,
 }
 
+/// One encoded exemplar of a bank class.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Exemplar {
     /// Image file, as the exemplar file named it.
     pub image: String,
     /// Which annotation or object of the exemplar file.
     pub origin: String,
+    /// The prompt encoder's embedding of the exemplar's mask (`dim` values, L2-normalised).
     pub embedding: Vec<f32>,
     /// The encoder features pooled inside the exemplar's mask (L2-normalised).
     pub descriptor: Vec<f32>,
@@ -59,7 +69,9 @@ pub struct Exemplar {
 /// One class as the labeler uses it.
 #[derive(Debug, Clone)]
 pub struct ClassEmbedding {
+    /// Category id, as in the bank.
     pub id: u32,
+    /// Category name, as in the bank.
     pub name: String,
     /// The mean prompt embedding of the drawn exemplars (L2-normalised).
     pub embedding: Vec<f32>,

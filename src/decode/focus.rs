@@ -39,9 +39,13 @@ pub type Window = [u32; 4];
 /// A candidate mask of one view (the whole image or a crop), in image pixels.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// Index of its query in its view's decoder output (the generic queries first).
     pub query: usize,
+    /// The decoder's predicted IoU of the mask, a probability in `[0,1]`.
     pub pred_iou: f32,
+    /// The mask, logits > 0, pasted back into image pixels.
     pub mask: BinaryMask,
+    /// Whether the mask meets every cue of the prompt (its points, most of its scribbles, no negative).
     pub fits: bool,
     /// The mask reaches a side of its crop that is not a side of the image.
     pub cut: bool,

@@ -66,6 +66,8 @@ impl Labeler {
         }
     }
 
+    /// Finds and classifies the instances of one image, as `job.labeler.mode` says; masks and boxes in
+    /// frame pixels.
     pub fn label(&self, lb: &Letterbox, feats: &Features, q: &Queries) -> Result<FrameObjects> {
         let mask_feat = feats
             .get(crate::model::contract::names::MASK_FEAT)

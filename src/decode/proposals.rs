@@ -14,11 +14,13 @@ use crate::prompt::memory::normalize;
 
 /// A proposal: its query and its mask on the stride-4 grid (padding cells excluded).
 pub struct Proposal {
+    /// Index of its query in the frame's decoder output.
     pub query: usize,
     /// `grid_w x grid_h` cells, row-major.
     pub cells: Vec<bool>,
     /// The same cells as bits, for fast overlaps.
     bits: Vec<u64>,
+    /// Cells inside the mask.
     pub area: u32,
 }
 

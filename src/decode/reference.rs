@@ -38,7 +38,9 @@ pub struct PromptCues {
 /// The chosen candidate.
 #[derive(Debug, Clone)]
 pub struct Choice {
+    /// Index of its query in the decoder output (the generic queries first).
     pub query: usize,
+    /// The decoder's predicted IoU of the mask, a probability in `[0,1]`.
     pub pred_iou: f32,
     /// At frame resolution, logits > 0.
     pub mask: BinaryMask,

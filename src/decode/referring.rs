@@ -20,6 +20,7 @@ pub fn candidates(q: &Queries, spec: &QuerySpec, min_iou: f32, nms_iou: f32) -> 
         .collect()
 }
 
+/// A `cxcywh` box as `xyxy`, in the same units.
 pub fn cxcywh_to_xyxy(b: [f32; 4]) -> [f32; 4] {
     [
         b[0] - b[2] / 2.0,
@@ -47,6 +48,7 @@ pub fn rank(q: &Queries, cands: &[usize], prompt: &[f32], logit_scale: f32) -> V
     out
 }
 
+/// Dot product over the shorter of `a` and `b` (cosine similarity for L2-normalised vectors).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -126,8 +126,11 @@ impl<'a> Grid<'a> {
 /// One labelled view for a fit: its features, its object mask in model-input pixels (`S x S`, 1 =
 /// object, as `post::mask::mask_to_input` makes it) and its letterbox.
 pub struct View<'a> {
+    /// The view's encoder outputs (`mask_feat` and `feat8` are read).
     pub feats: &'a Features,
+    /// The object mask, `S x S` model-input pixels, row-major: 1 object, 0 background.
     pub input_mask: &'a [f32],
+    /// How the view's frame sits in the model input (padding cells are left out of the fit).
     pub lb: &'a Letterbox,
 }
 

@@ -47,6 +47,7 @@ pub struct ObjectResult {
     pub id: u8,
     /// COCO category: the object id (propagate) or the bank class id (autolabel).
     pub category: u32,
+    /// The object's pixels on the frame (empty when it was not found).
     pub mask: BinaryMask,
     /// Match score of the chosen query: cosine similarity of its embedding to the object's memory,
     /// clamped to [0, 1] (1 on a reference frame, where the output is the reference mask; 0 when not
@@ -55,6 +56,7 @@ pub struct ObjectResult {
     /// The chosen query's predicted IoU (mask quality): on a reference frame the decoded prompt's
     /// (1 for a mask prompt).
     pub pred_iou: f32,
+    /// Pixels in `mask`.
     pub area: u64,
     /// Tight box in frame pixels, `xyxy`, `None` when the mask is empty.
     pub box_xyxy: Option<[u32; 4]>,
@@ -63,10 +65,13 @@ pub struct ObjectResult {
 /// All objects on one frame, with one id per pixel.
 #[derive(Debug, Clone)]
 pub struct FrameObjects {
+    /// Frame width, in pixels.
     pub width: u32,
+    /// Frame height, in pixels.
     pub height: u32,
     /// Object id per pixel (0 = background).
     pub labels: Vec<u8>,
+    /// The frame's results, one per object (propagate) or detection (autolabel).
     pub objects: Vec<ObjectResult>,
 }
 
@@ -92,6 +97,8 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker for the objects of `prompts`, with `job`'s thresholds; each object starts on its
+    /// reference frame, when [`Tracker::step`] reaches it.
     pub fn new(model: Arc<Model>, job: JobSpec, prompts: PromptFile) -> Self {
         Tracker {
             pre: Preprocessor::new(&model.spec.input),

@@ -11,24 +11,34 @@ use crate::error::Error;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// The model's name (e.g. `vprompt-lite0`), shown in messages and stored in banks.
     pub name: String,
+    /// `input`: the square input size and per-channel normalisation.
     pub input: InputSpec,
+    /// `queries`: how the decoder's query axis is laid out.
     pub queries: QuerySpec,
+    /// `classifier`: how match scores and class descriptors are made from embeddings.
     pub classifier: ClassifierSpec,
+    /// `graphs`: the three ONNX graphs and their declared inputs and outputs.
     pub graphs: GraphsSpec,
+    /// Free-form notes (backbone, data, recipe, hardware); optional, not read by vprompt.
     #[serde(default)]
     pub provenance: serde_yaml::Value,
 }
 
+/// `input` of `model.yaml`: the model input's size and normalisation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     /// Side of the square model input, in model-input pixels.
     pub size: u32,
+    /// Per-channel (RGB) mean subtracted from `rgb / 255`.
     pub mean: [f32; 3],
+    /// Per-channel (RGB) divisor applied after the mean; each must be > 0.
     pub std: [f32; 3],
 }
 
+/// `queries` of `model.yaml`: the decoder's `Q = generic + rows * levels` queries.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuerySpec {
@@ -40,10 +50,13 @@ pub struct QuerySpec {
     pub levels: usize,
 }
 
+/// `classifier` of `model.yaml`: how embeddings become match scores and class descriptors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierSpec {
+    /// Scale of the cosine similarity: match score `s = logit_scale * dot(query_embed, prompt_embed)`.
     pub logit_scale: f32,
+    /// Added to `s` before the sigmoid in generic class probabilities; default 0.
     #[serde(default)]
     pub logit_bias: f32,
     /// Encoder outputs pooled inside a mask into the class descriptor of auto-labeling's proposals and
@@ -52,28 +65,40 @@ pub struct ClassifierSpec {
     pub descriptor: Vec<String>,
 }
 
+/// `graphs` of `model.yaml`: the model's three ONNX graphs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphsSpec {
+    /// Image `[B,3,S,S]` to feature maps, including `mask_feat`.
     pub encoder: GraphSpec,
+    /// Encoder outputs and `prompt_mask` to one L2-normalised `prompt_embed` per prompt.
     pub prompt_encoder: GraphSpec,
+    /// Encoder outputs and query rows (`points` or `anchors`) to per-query IoU, boxes and embeddings.
     pub decoder: GraphSpec,
 }
 
+/// One graph of `model.yaml`: its file and the tensors it promises.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphSpec {
+    /// The self-contained `.onnx` file, relative to the model folder.
     pub file: PathBuf,
+    /// The inputs vprompt feeds, checked against the graph before any frame is read.
     pub inputs: Vec<TensorSpec>,
+    /// The outputs vprompt reads, checked against the graph before any frame is read.
     pub outputs: Vec<TensorSpec>,
 }
 
+/// One declared input or output tensor of a graph.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
+    /// Tensor name in the graph (see [`names`] for the ones vprompt feeds or reads).
     pub name: String,
+    /// Element type, the YAML key `type`; the contract takes `f32` only.
     #[serde(rename = "type")]
     pub dtype: String,
+    /// Dimensions: integers must match the graph; named ones (`batch`, `points`, ...) may be dynamic.
     pub shape: Vec<Dim>,
 }
 
@@ -108,7 +133,9 @@ impl QueryInput {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Dim {
+    /// A size the graph must have exactly when it states one.
     Fixed(i64),
+    /// A symbolic size (`batch`, `prompts`, `points`, `anchors`, `queries`) that may be dynamic.
     Named(String),
 }
 
@@ -138,15 +165,25 @@ impl TensorSpec {
 
 /// The tensor names vprompt itself feeds or reads; all others are passed from encoder outputs by name.
 pub mod names {
+    /// Encoder input: the letterboxed, normalised frames, f32 `[B,3,S,S]`.
     pub const IMAGE: &str = "image";
+    /// Encoder output: stride-4 mask features, f32 `[B,M,S/4,S/4]`.
     pub const MASK_FEAT: &str = "mask_feat";
+    /// Prompt encoder input: 1 inside each prompt, 0 outside, f32 `[P,1,S,S]` in model-input pixels.
     pub const PROMPT_MASK: &str = "prompt_mask";
+    /// Prompt encoder output: one L2-normalised embedding per prompt, f32 `[P,D]`.
     pub const PROMPT_EMBED: &str = "prompt_embed";
+    /// Decoder input: query points `(x, y)` in `[0,1]` of the model input, f32 `[N,2]`.
     pub const POINTS: &str = "points";
+    /// Decoder input: query anchors `(cx, cy, w, h)` in `[0,1]` of the model input, f32 `[N,4]`.
     pub const ANCHORS: &str = "anchors";
+    /// Decoder output: each query's predicted IoU as a probability, f32 `[B,Q]`.
     pub const PRED_IOU: &str = "pred_iou";
+    /// Decoder output: each query's box, `cxcywh` normalised to the model input, f32 `[B,Q,4]`.
     pub const PRED_BOXES: &str = "pred_boxes";
+    /// Decoder output: each query's L2-normalised embedding, f32 `[B,Q,D]`.
     pub const QUERY_EMBED: &str = "query_embed";
+    /// Decoder output: each query's mask coefficients over `mask_feat` channels, f32 `[B,Q,M]`.
     pub const MASK_EMBED: &str = "mask_embed";
 }
 

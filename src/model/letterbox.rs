@@ -10,16 +10,21 @@ use super::contract::InputSpec;
 /// How one frame sits in the square model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
+    /// Frame width, in frame pixels.
     pub frame_w: u32,
+    /// Frame height, in frame pixels.
     pub frame_h: u32,
     /// Side of the model input, in model-input pixels.
     pub size: u32,
     /// The frame's extent inside the model input (the rest is padding).
     pub scaled_w: u32,
+    /// The frame's height inside the model input, in model-input pixels (1..=`size`).
     pub scaled_h: u32,
 }
 
 impl Letterbox {
+    /// The letterbox of a `frame_w x frame_h` frame in a `size x size` input: the longer side scaled to
+    /// `size`, the other kept in proportion (rounded, at least 1), placed top-left.
     pub fn new(frame_w: u32, frame_h: u32, size: u32) -> Self {
         let long = frame_w.max(frame_h).max(1) as f64;
         let s = size as f64 / long;
@@ -76,6 +81,7 @@ pub struct Preprocessor {
 }
 
 impl Preprocessor {
+    /// A preprocessor for the model input `input` (its size, mean and std).
     pub fn new(input: &InputSpec) -> Self {
         let (mean, std) = (input.mean, input.std);
         let lut = (0..256)
@@ -96,6 +102,7 @@ impl Preprocessor {
         }
     }
 
+    /// Side of the square model input, in model-input pixels.
     pub fn size(&self) -> u32 {
         self.size
     }

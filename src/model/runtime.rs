@@ -9,6 +9,7 @@ use crate::error::Error;
 /// Where the execution happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
+    /// ONNX Runtime's CPU execution provider (`cpu`, the default).
     Cpu,
     /// CUDA on the given device; fails when CUDA cannot be used.
     Cuda(i32),

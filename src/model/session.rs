@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 /// How to start the sessions.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
+    /// Where the graphs run (`runtime.device`); default the CPU.
     pub device: Device,
     /// ONNX Runtime intra-op threads per session.
     pub threads: usize,
@@ -40,11 +41,15 @@ impl Default for SessionOptions {
 /// A dense f32 tensor that owns its values (row-major).
 #[derive(Debug, Clone)]
 pub struct Tensor {
+    /// Size of each dimension, outermost first.
     pub shape: Vec<usize>,
+    /// The values, row-major: as many as the product of `shape`.
     pub data: Vec<f32>,
 }
 
 impl Tensor {
+    /// A tensor of `shape` over `data`; `data.len()` must equal the product of `shape` (checked in
+    /// debug builds).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor { shape, data }
@@ -75,6 +80,7 @@ impl Tensor {
 /// anchored on the box).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueryAnchor {
+    /// `(cx, cy, w, h)` in `[0,1]` of the model input; `w = h = 0` for a point.
     pub cxcywh: [f32; 4],
 }
 
@@ -99,6 +105,7 @@ impl QueryAnchor {
         }
     }
 
+    /// Whether the row is a point (no width or no height).
     pub fn is_point(&self) -> bool {
         self.cxcywh[2] <= 0.0 || self.cxcywh[3] <= 0.0
     }
@@ -116,10 +123,12 @@ impl QueryAnchor {
 /// Encoder outputs of one frame (batch 1), by name.
 #[derive(Debug, Clone)]
 pub struct Features {
+    /// Every encoder output as (name, tensor with batch 1), in the graph's order.
     pub maps: Vec<(String, Tensor)>,
 }
 
 impl Features {
+    /// The encoder output `name` (e.g. `mask_feat`), if the encoder has it.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.maps.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
@@ -128,22 +137,28 @@ impl Features {
 /// Decoder outputs of one frame: per query a predicted IoU, a box, an embedding and a mask embedding.
 #[derive(Debug, Clone)]
 pub struct Queries {
+    /// Number of queries Q: `queries.generic` plus interactive rows times `queries.levels`.
     pub count: usize,
+    /// Each query's predicted IoU, a probability in `[0,1]`.
     pub iou: Vec<f32>,
     /// `cxcywh`, normalised to the model input.
     pub boxes_cxcywh: Vec<[f32; 4]>,
     /// `count x embed_dim`, L2-normalised rows.
     pub embed: Vec<f32>,
+    /// D, the length of an embedding row.
     pub embed_dim: usize,
     /// `count x mask_dim`.
     pub mask_embed: Vec<f32>,
+    /// M, the length of a mask embedding row (the channels of `mask_feat`).
     pub mask_dim: usize,
 }
 
 impl Queries {
+    /// Query `q`'s L2-normalised embedding (`embed_dim` values).
     pub fn embed_row(&self, q: usize) -> &[f32] {
         &self.embed[q * self.embed_dim..(q + 1) * self.embed_dim]
     }
+    /// Query `q`'s mask embedding (`mask_dim` values): dotted with `mask_feat`, its mask logits.
     pub fn mask_row(&self, q: usize) -> &[f32] {
         &self.mask_embed[q * self.mask_dim..(q + 1) * self.mask_dim]
     }
@@ -177,7 +192,9 @@ impl Graph {
 /// A loaded model: its spec and its graphs' sessions (`SessionOptions::sessions` for the encoder and
 /// the decoder, one for the prompt encoder).
 pub struct Model {
+    /// The model folder it was loaded from.
     pub dir: PathBuf,
+    /// The parsed and checked `model.yaml`.
     pub spec: ModelSpec,
     /// sha256 over model.yaml and the three graph files: the identity banks are tied to.
     pub identity: String,
@@ -233,6 +250,7 @@ impl Model {
         })
     }
 
+    /// Side of the square model input, in model-input pixels (`input.size`).
     pub fn input_size(&self) -> u32 {
         self.spec.input.size
     }

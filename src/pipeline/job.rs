@@ -23,14 +23,19 @@ use crate::spec::{JobKind, PipelineSpec};
 pub struct FrameInput<'a> {
     /// Index in the source.
     pub index: u64,
+    /// The decoded frame, in frame pixels.
     pub image: &'a RgbImage,
+    /// How the frame sits in the model input (maps boxes and masks back to frame pixels).
     pub letterbox: &'a Letterbox,
+    /// The encoder's outputs for the frame (batch 1).
     pub features: &'a Features,
+    /// The decoder's queries for the frame: the generic ones, then [`Job::anchors`]' rows times levels.
     pub queries: &'a Queries,
 }
 
 /// A per-frame step that needs nothing from other frames; the model workers run it side by side.
 pub trait FrameStep: Send + Sync {
+    /// The frame's results, from this frame alone.
     fn step(&self, frame: &FrameInput<'_>) -> Result<FrameObjects>;
 }
 

@@ -52,6 +52,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline that runs `spec` as it is, with default [`RunOptions`] (no signals, no progress).
     pub fn new(spec: PipelineSpec) -> Self {
         Pipeline {
             spec,
@@ -61,6 +62,7 @@ impl Pipeline {
         }
     }
 
+    /// Sets the run options (metrics address, progress, stop flag, signals, restart).
     pub fn options(mut self, opts: RunOptions) -> Self {
         self.opts = opts;
         self

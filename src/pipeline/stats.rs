@@ -36,6 +36,7 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Adds one frame's latency and records it in the `vprompt_frame_latency_seconds` histogram.
     pub fn record(&mut self, d: Duration) {
         let ms = d.as_secs_f64() * 1e3;
         self.max_ms = self.max_ms.max(ms);
@@ -61,6 +62,7 @@ impl LatencyHistogram {
         Some(self.max_ms)
     }
 
+    /// The largest latency recorded, in ms (0 when empty).
     pub fn max_ms(&self) -> f64 {
         self.max_ms
     }
@@ -68,6 +70,7 @@ impl LatencyHistogram {
 
 /// Busy time and item count of one stage (all its workers together).
 pub struct StageStats {
+    /// Stage name, the `stage` label of its metrics: `source`, `model`, `track` or `sinks`.
     pub name: &'static str,
     items: AtomicU64,
     busy_ns: AtomicU64,
@@ -75,6 +78,7 @@ pub struct StageStats {
 }
 
 impl StageStats {
+    /// Empty counts for the stage `name`, shared by its workers.
     pub fn new(name: &'static str) -> Arc<Self> {
         Arc::new(StageStats {
             name,
@@ -93,6 +97,7 @@ impl StageStats {
         metrics::histogram!(LATENCY, "stage" => self.name).record(elapsed.as_secs_f64());
     }
 
+    /// Counts one failed item (and `vprompt_items_failed_total`).
     pub fn fail(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(FAILED, "stage" => self.name).increment(1);
@@ -106,10 +111,12 @@ impl StageStats {
         out
     }
 
+    /// Items finished so far.
     pub fn items(&self) -> u64 {
         self.items.load(Ordering::Relaxed)
     }
 
+    /// The stage's report for a run that took `wall`.
     pub fn report(&self, wall: Duration) -> StageReport {
         let busy = self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let items = self.items();
@@ -139,6 +146,7 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// A gate of `bound` slots (at least 1), none taken.
     pub fn new(bound: u64) -> Self {
         InFlight {
             bound: bound.max(1),
@@ -167,6 +175,7 @@ impl InFlight {
         true
     }
 
+    /// Frees a slot once a frame has left the sinks (written or failed) and wakes a waiting source.
     pub fn leave(&self) {
         let mut n = self.now.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_sub(1);
@@ -174,10 +183,12 @@ impl InFlight {
         self.freed.notify_one();
     }
 
+    /// The most slots taken at once so far.
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::SeqCst)
     }
 
+    /// The number of slots.
     pub fn bound(&self) -> u64 {
         self.bound
     }
@@ -200,44 +211,65 @@ mod tests {
     }
 }
 
+/// What one stage did over a run, as in `report.json`'s `stages`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
+    /// Stage name: `source`, `model`, `track` or `sinks`.
     pub stage: String,
+    /// Items (frames) the stage finished.
     pub items: u64,
+    /// Items that failed in this stage.
     pub failed: u64,
+    /// Seconds the stage spent in calls, summed over its workers.
     pub busy_s: f64,
     /// Busy time over wall time (can exceed 1 with several workers).
     pub busy_share: f64,
+    /// Items the stage finished per second, over its busy time (0 when it was never busy).
     pub items_per_busy_s: f64,
 }
 
 /// A failed item: its id and what went wrong.
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemError {
+    /// The frame as `index (name)`: its source index and its file or video frame name.
     pub frame: String,
+    /// The stage it failed in: `source`, `model`, `track` or `sinks`.
     pub stage: String,
+    /// The error's message.
     pub error: String,
 }
 
 /// The end-of-run report, printed and written as JSON beside the outputs.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// Frames the source handed on (after `start`, `end`, `stride`, the shard and resumed images).
     pub frames_read: u64,
+    /// Frames the sinks finished writing.
     pub frames_written: u64,
+    /// Frames that failed at any stage (the length of `errors`).
     pub frames_failed: u64,
     /// Images an earlier, interrupted run had finished (auto-labeling resume); not read again.
     pub frames_resumed: u64,
+    /// Wall-clock seconds of the run, from the stages' start to the last sink's end.
     pub wall_s: f64,
+    /// Frames written per second of wall time.
     pub fps: f64,
+    /// The most frames that were between the source and the sinks at once.
     pub peak_frames_in_flight: u64,
     /// The most frames that may be in flight with this runtime configuration.
     pub in_flight_bound: u64,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`); `None` where it cannot be read.
     pub peak_rss_mib: Option<f64>,
     /// Milliseconds from decoding a frame to writing it: median, 95th percentile, maximum.
     pub latency_ms: [f64; 3],
+    /// The run was stopped before its source ended (Ctrl-C, SIGTERM, or a failure); the frames
+    /// finished before the stop are written. The CLI exits 130 on an interrupted run.
     pub interrupted: bool,
+    /// One report per stage, in pipeline order: `source`, `model`, `track`, `sinks`.
     pub stages: Vec<StageReport>,
+    /// Every failed frame, in the order the sinks met them.
     pub errors: Vec<ItemError>,
+    /// The files and folders the sinks wrote.
     pub outputs: Vec<String>,
 }
 

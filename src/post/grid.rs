@@ -6,12 +6,14 @@ use crate::model::QueryAnchor;
 /// A uniform grid of point queries (DINOv uses 20 x 20).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointGrid {
+    /// Points per row and per column (g).
     pub side: usize,
     /// `(x, y)` in `[0,1]` of the model input; y outer, x inner.
     pub points: Vec<[f32; 2]>,
 }
 
 impl PointGrid {
+    /// The `side x side` grid of cell centres, `((i + 0.5) / g, (j + 0.5) / g)`.
     pub fn new(side: usize) -> Self {
         let g = side as f32;
         let points = (0..side)

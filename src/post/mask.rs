@@ -6,12 +6,16 @@ use crate::model::{Letterbox, Tensor};
 /// A binary mask in frame pixels, row-major, 1 = inside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BinaryMask {
+    /// Width in frame pixels.
     pub width: u32,
+    /// Height in frame pixels.
     pub height: u32,
+    /// `width * height` values, row-major; non-zero is inside.
     pub data: Vec<u8>,
 }
 
 impl BinaryMask {
+    /// An all-background mask of `width x height` pixels.
     pub fn empty(width: u32, height: u32) -> Self {
         BinaryMask {
             width,
@@ -20,6 +24,7 @@ impl BinaryMask {
         }
     }
 
+    /// Pixels inside the mask.
     pub fn area(&self) -> u64 {
         self.data.iter().filter(|&&v| v != 0).count() as u64
     }

@@ -10,6 +10,7 @@ use super::mask::BinaryMask;
 pub struct MaskRle {
     /// `[height, width]`, in this order as COCO writes it.
     pub size: [u32; 2],
+    /// Column-major run lengths in COCO's compressed string form (pycocotools reads it).
     pub counts: String,
 }
 
@@ -134,6 +135,7 @@ pub fn string_to_runs(s: &str) -> Option<Vec<u32>> {
 }
 
 impl MaskRle {
+    /// The compressed RLE of the whole `mask`.
     pub fn encode(mask: &BinaryMask) -> Self {
         MaskRle {
             size: [mask.height, mask.width],

@@ -20,9 +20,11 @@ pub const MAX_POINTS_PER_OBJECT: usize = 10_000;
 /// Largest prompt file read (bytes).
 pub const MAX_PROMPT_FILE_BYTES: u64 = 16 << 20;
 
+/// A prompt file: every prompt of every object (first prompts, corrections and absences).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptFile {
+    /// The prompts, at most [`MAX_PROMPTS`]; at most [`MAX_OBJECTS`] distinct ids.
     pub objects: Vec<ObjectPrompt>,
 }
 
@@ -43,6 +45,8 @@ pub struct ObjectPrompt {
     /// A mask PNG: binary (any non-zero pixel), or a palette/grayscale PNG with `mask_value` picking one id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<PathBuf>,
+    /// With a palette or grayscale `mask`: the pixel value that is this object (default: any non-zero
+    /// pixel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_value: Option<u8>,
     /// `xyxy` in frame pixels.
@@ -54,6 +58,7 @@ pub struct ObjectPrompt {
     /// Negative points: carved out of the prompt region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub negative_points: Vec<[f32; 2]>,
+    /// Strokes drawn on the object; the mask should hold most of their pixels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scribbles: Vec<Scribble>,
     /// The object is gone from this frame on (until its next prompt); nothing else may be given.
@@ -68,7 +73,9 @@ pub const MAX_PROMPTS: usize = 10_000;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scribble {
+    /// The polyline's vertices `(x, y)` in frame pixels.
     pub points: Vec<[f32; 2]>,
+    /// Stroke width in frame pixels (default 5; must be > 0).
     #[serde(default = "default_width")]
     pub width: f32,
 }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+/// One object's memory: its pinned reference embeddings plus up to `capacity` recent predictions'.
 #[derive(Debug, Clone)]
 pub struct ObjectMemory {
     pinned: Vec<Vec<f32>>,
@@ -12,6 +13,8 @@ pub struct ObjectMemory {
 }
 
 impl ObjectMemory {
+    /// A memory pinned on the first prompt's embedding that keeps the `capacity` most recent
+    /// predictions (`job.memory`; 0 keeps none).
     pub fn new(pinned: Vec<f32>, capacity: usize) -> Self {
         ObjectMemory {
             pinned: vec![pinned],
@@ -49,6 +52,7 @@ impl ObjectMemory {
     }
 }
 
+/// Scales `v` in place to unit L2 length; an all-zero `v` is left as it is.
 pub fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {

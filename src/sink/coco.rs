@@ -13,6 +13,7 @@ use super::record::ImageRecord;
 use super::{create_parent, io_error, write_atomic, FrameRecord, Sink, SinkContext};
 use crate::error::Error;
 
+/// The `coco` sink: a COCO instances JSON with compressed RLE masks, written when the run finishes.
 pub struct CocoSink {
     path: PathBuf,
     categories: Vec<(u32, String)>,
@@ -20,6 +21,8 @@ pub struct CocoSink {
 }
 
 impl CocoSink {
+    /// A sink for `path` with `ctx`'s categories (and, resuming, the images an earlier run finished);
+    /// creates the parent folder.
     pub fn new(path: &Path, ctx: &SinkContext) -> Result<Self, Error> {
         create_parent(path)?;
         Ok(CocoSink {

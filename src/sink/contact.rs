@@ -16,6 +16,7 @@ const CELL_W: u32 = 256;
 const CELL_H: u32 = 192;
 const GAP: u32 = 4;
 
+/// The `contact_sheet` sink: one PNG grid of a sample of the labeled images with their overlays.
 pub struct ContactSheetSink {
     path: PathBuf,
     count: usize,
@@ -27,6 +28,8 @@ pub struct ContactSheetSink {
 }
 
 impl ContactSheetSink {
+    /// A sink that draws up to `count` images on the sheet at `path`, labeled with `ctx`'s category
+    /// names; creates the parent folder.
     pub fn new(path: &Path, count: usize, ctx: &SinkContext) -> Result<Self, Error> {
         create_parent(path)?;
         let mut sink = ContactSheetSink {

@@ -12,11 +12,14 @@ use super::record::ImageRecord;
 use super::{create_parent, io_error, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
 
+/// The `jsonl` sink: one JSON line per frame, written as each frame finishes.
 pub struct JsonlSink {
     out: LineFile,
 }
 
 impl JsonlSink {
+    /// A sink for `path`: an existing file is replaced, or, resuming with `previous` images, cut to
+    /// their lines and appended to.
     pub fn new(path: &Path, previous: &[ImageRecord]) -> Result<Self, Error> {
         create_parent(path)?;
         if !previous.is_empty() && path.exists() {

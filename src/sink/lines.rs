@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::{create_parent, io_error};
 use crate::error::Error;
 
+/// A text file that holds only complete lines, also after a failed write.
 pub struct LineFile {
     path: PathBuf,
     out: std::fs::File,

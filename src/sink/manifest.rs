@@ -18,11 +18,15 @@ use crate::error::Error;
 /// What a manifest belongs to; a resumed run must match it exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestHeader {
+    /// The manifest format version (1); the header is the file's first line.
     pub vprompt_manifest: u32,
+    /// The model's identity (sha256 over `model.yaml` and its graphs).
     pub model: String,
+    /// The job's resume key: a digest of its inputs (the bank, or the find job's prompts).
     pub bank: String,
     /// The settings that change results (job, source, sinks), as text.
     pub settings: String,
+    /// `source.shard` (`I/N`), when the run reads one shard.
     pub shard: Option<String>,
 }
 

@@ -29,22 +29,30 @@ pub struct FrameRecord<'a> {
     pub seq: u64,
     /// Index in the source.
     pub index: u64,
+    /// The frame's name, which per-frame outputs are named after: the file stem for images and frame
+    /// folders, the zero-padded index for videos.
     pub name: &'a str,
     /// The image file relative to the source folder, for image sources.
     pub file: Option<&'a str>,
+    /// The decoded frame, in frame pixels.
     pub image: &'a RgbImage,
+    /// The job's results on the frame: per-pixel labels and one entry per object.
     pub result: &'a FrameObjects,
     /// The frame's COCO record, made once for the sinks that need it (RLE encoding is not free).
     pub record: std::cell::OnceCell<record::ImageRecord>,
 }
 
 impl FrameRecord<'_> {
+    /// The frame's COCO record (boxes, RLE masks), made on first use and shared by the sinks.
     pub fn record(&self) -> &record::ImageRecord {
         self.record.get_or_init(|| record::ImageRecord::of(self))
     }
 }
 
+/// An output: gets every finished frame in frame order, then `finish` once, also when the run is
+/// stopped early. An error from either ends the run.
 pub trait Sink: Send {
+    /// Writes one frame's results.
     fn write(&mut self, frame: &FrameRecord<'_>) -> Result<(), Error>;
     /// Flushes and closes; returns the files written.
     fn finish(&mut self) -> Result<Vec<PathBuf>, Error>;
@@ -53,6 +61,7 @@ pub trait Sink: Send {
 /// Facts about the run that some sinks need up front.
 #[derive(Debug, Clone)]
 pub struct SinkContext {
+    /// Frames per second: the source's, else `source.fps`, else 24.
     pub fps: f64,
     /// `(id, name)` of every object or category.
     pub categories: Vec<(u32, String)>,
@@ -151,6 +160,7 @@ pub struct PalettePngSink {
 }
 
 impl PalettePngSink {
+    /// A sink that writes `dir/<frame name>.png`, creating `dir` when missing.
     pub fn new(dir: &Path) -> Result<Self, Error> {
         create_dir(dir)?;
         Ok(PalettePngSink {
@@ -186,6 +196,7 @@ impl<F> Callback<F>
 where
     F: FnMut(&FrameRecord<'_>) -> Result<(), Error> + Send,
 {
+    /// A sink that calls `f` with every finished frame, in order.
     pub fn new(f: F) -> Self {
         Callback { f }
     }

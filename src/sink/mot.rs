@@ -10,11 +10,13 @@ use super::lines::LineFile;
 use super::{FrameRecord, Sink};
 use crate::error::Error;
 
+/// The `mot` sink: MOTChallenge text, one line per object and frame.
 pub struct MotSink {
     out: LineFile,
 }
 
 impl MotSink {
+    /// A sink that writes a new `path` (an existing file is replaced).
     pub fn new(path: &Path) -> Result<Self, Error> {
         Ok(MotSink {
             out: LineFile::create(path)?,

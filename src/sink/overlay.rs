@@ -44,6 +44,7 @@ pub struct OverlayPngSink {
 }
 
 impl OverlayPngSink {
+    /// A sink that writes `dir/<frame name>.png`, creating `dir` when missing.
     pub fn new(dir: &Path) -> Result<Self, Error> {
         create_dir(dir)?;
         Ok(OverlayPngSink {

@@ -45,7 +45,9 @@ pub fn write(path: &Path, width: u32, height: u32, labels: &[u8]) -> Result<(), 
 
 /// A label image as read from a PNG.
 pub struct Labels {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
     /// One value per pixel: the palette index for palette PNGs, the gray value for grayscale PNGs,
     /// 255 for any non-black pixel of an RGB(A) PNG.

@@ -6,22 +6,31 @@ use serde::{Deserialize, Serialize};
 use super::FrameRecord;
 use crate::post::MaskRle;
 
+/// One image's COCO entry and its annotations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// Index in the source (the COCO image id is `index + 1`).
     pub index: u64,
+    /// The frame's name: the file stem for images and frame folders, the zero-padded index for videos.
     pub name: String,
     /// The image file relative to the source folder (the frame name for videos).
     pub file: String,
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
+    /// One annotation per object with a non-empty mask.
     pub annotations: Vec<AnnotationRecord>,
 }
 
+/// One COCO annotation: an object's mask, box and score on an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotationRecord {
+    /// The object id (propagate) or bank class id (autolabel).
     pub category_id: u32,
+    /// The mask as compressed RLE.
     pub segmentation: MaskRle,
+    /// Pixels in the mask.
     pub area: u64,
     /// COCO `[x, y, width, height]` in pixels.
     pub bbox: [u32; 4],
@@ -58,6 +67,7 @@ impl ImageRecord {
     }
 }
 
+/// `v` rounded to 4 decimals, as scores are written.
 pub fn round4(v: f32) -> f64 {
     (v as f64 * 1e4).round() / 1e4
 }

@@ -20,6 +20,7 @@ struct Open {
     stream_tb: Rational,
 }
 
+/// The `video` sink: the overlay video, H.264 in MP4.
 pub struct VideoSink {
     path: PathBuf,
     tmp: PathBuf,
@@ -33,6 +34,8 @@ pub struct VideoSink {
 unsafe impl Send for VideoSink {}
 
 impl VideoSink {
+    /// A sink for `path` at `fps` frames per second (25 when `fps` is not a positive number); the
+    /// video is written to `<path>.part.mp4` and renamed when finished.
     pub fn new(path: &Path, fps: f64) -> Result<Self, Error> {
         create_parent(path)?;
         crate::source::init_ffmpeg().map_err(|e| Error::Sink {

@@ -13,6 +13,7 @@ use crate::post::poly::outline;
 /// Outline simplification tolerance, in pixels.
 const TOLERANCE: f64 = 1.0;
 
+/// The `yolo` sink: YOLO-seg label files and `data.yaml` in a dataset folder.
 pub struct YoloSink {
     dir: PathBuf,
     /// Class index of each category id: its position among the categories.
@@ -21,6 +22,7 @@ pub struct YoloSink {
 }
 
 impl YoloSink {
+    /// A sink for the dataset folder `dir` with `ctx`'s categories as classes; creates `dir/labels`.
     pub fn new(dir: &Path, ctx: &SinkContext) -> Result<Self, Error> {
         create_dir(&dir.join("labels"))?;
         Ok(YoloSink {

@@ -23,6 +23,7 @@ pub struct Decoded {
     pub name: String,
     /// For image files: the path relative to the source folder, with its extension.
     pub file: Option<String>,
+    /// The frame's pixels, or why it could not be read or decoded (usually an [`Error::Frame`]).
     pub image: Result<RgbImage, Error>,
 }
 
@@ -95,12 +96,16 @@ pub fn open_filtered(
 
 /// Applies `start`, `end` and `stride` to a reader's frame indices.
 pub struct FrameRange {
+    /// First index kept (`source.start`).
     pub start: u64,
+    /// Index to stop before; `None` reads to the end (`source.end`).
     pub end: Option<u64>,
+    /// Keep every `stride`-th index from `start` (at least 1).
     pub stride: u64,
 }
 
 impl FrameRange {
+    /// The range of `source.start`, `source.end` and `source.stride` (a stride of 0 counts as 1).
     pub fn from_spec(spec: &SourceSpec) -> Self {
         FrameRange {
             start: spec.start,

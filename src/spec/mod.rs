@@ -11,6 +11,7 @@ use crate::error::Error;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
+    /// `source`: where frames come from (required).
     pub source: SourceSpec,
     /// Model folder (holds `model.yaml`).
     pub model: PathBuf,
@@ -20,10 +21,13 @@ pub struct PipelineSpec {
     /// Prompt bank for `autolabel` (made by `vprompt bank build`).
     #[serde(default)]
     pub bank: Option<PathBuf>,
+    /// `job`: what to compute for each frame and its thresholds; every key has a default.
     #[serde(default)]
     pub job: JobSpec,
+    /// `sinks`: the outputs, at least one; each gets every frame, in order.
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+    /// `runtime`: queues, workers, batching, device and error policy; every key has a default.
     #[serde(default)]
     pub runtime: RuntimeSpec,
 }
@@ -89,7 +93,9 @@ impl Default for SourceSpec {
 /// Shard `index` of `count`, parsed from `I/N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// `I`: this process's share, 0 <= I < N.
     pub index: u64,
+    /// `N`: the number of shards, at least 1.
     pub count: u64,
 }
 
@@ -108,6 +114,7 @@ impl std::str::FromStr for Shard {
 }
 
 impl Shard {
+    /// Whether the frame with source index `index` is this shard's (`index % N == I`).
     pub fn admits(&self, index: u64) -> bool {
         index % self.count == self.index
     }
@@ -118,7 +125,10 @@ impl Shard {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectSpec {
+    /// Tries in a row before the run ends at the drop (required, at most 1000).
     pub attempts: u32,
+    /// Milliseconds to wait before the first try, doubled before each next one (default 500, at most
+    /// 60000).
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
 }
@@ -138,6 +148,7 @@ fn one() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    /// `propagate` (default), `autolabel` or `find`; see [`JobKind`].
     #[serde(default)]
     pub kind: JobKind,
     /// Keep interactive queries whose predicted IoU is above this (DINOv: 0.5).
@@ -294,6 +305,7 @@ fn default_focus_agreement() -> f32 {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
+    /// `fused` (default), `rerank`, `target` or `decoder`; see [`TargetMode`].
     #[serde(default)]
     pub mode: TargetMode,
     /// L2 penalty of the regression (larger: smoother, less fitted to the reference frame).
@@ -361,6 +373,7 @@ pub enum TargetMode {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabelerSpec {
+    /// `proposals` (default) or `generic`; see [`LabelerMode`].
     #[serde(default)]
     pub mode: LabelerMode,
     /// proposals: the point grid's side (the model's `queries.grid` is 20); smaller is faster. On COCO128
@@ -507,6 +520,7 @@ impl Default for JobSpec {
     }
 }
 
+/// The job a pipeline runs (`job.kind`, default `propagate`).
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -525,25 +539,46 @@ pub enum JobKind {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
     /// DAVIS-style palette PNGs, one per frame, named like the frames; pixel value = object id.
-    PalettePng { dir: PathBuf },
+    PalettePng {
+        /// Folder of the PNGs (made when missing).
+        dir: PathBuf,
+    },
     /// COCO instances JSON with RLE masks; each frame is an image, each object a category.
-    Coco { path: PathBuf },
+    Coco {
+        /// The JSON file, written when the run ends.
+        path: PathBuf,
+    },
     /// JSON Lines: one line per frame with each object's box, score and area.
-    Jsonl { path: PathBuf },
+    Jsonl {
+        /// The `.jsonl` file.
+        path: PathBuf,
+    },
     /// MOTChallenge text: one line per object and frame (frame, id, box, score).
-    Mot { path: PathBuf },
+    Mot {
+        /// The text file.
+        path: PathBuf,
+    },
     /// Overlay video (H.264 in MP4).
     Video {
+        /// The `.mp4` file, written as `<path>.part.mp4` and renamed when finished.
         path: PathBuf,
+        /// Frame rate of the video (default: the source's, else `source.fps`, else 24).
         #[serde(default)]
         fps: Option<f64>,
     },
     /// Overlay PNGs, one per frame.
-    OverlayPng { dir: PathBuf },
+    OverlayPng {
+        /// Folder of the PNGs (made when missing).
+        dir: PathBuf,
+    },
     /// YOLO-seg label files (`labels/<image>.txt`, one polygon per instance) and `data.yaml`.
-    Yolo { dir: PathBuf },
+    Yolo {
+        /// Dataset folder that gets `labels/` and `data.yaml` (made when missing).
+        dir: PathBuf,
+    },
     /// One PNG grid of a sample of labeled images, for a quick look.
     ContactSheet {
+        /// The PNG file.
         path: PathBuf,
         /// Images on the sheet.
         #[serde(default = "default_sheet_count")]
@@ -578,6 +613,8 @@ pub struct RuntimeSpec {
     /// ONNX Runtime intra-op threads per worker (0: the machine's cores divided by workers).
     #[serde(default)]
     pub threads: usize,
+    /// `skip` (default): report a failed frame in `report.json` and go on; `fail`: the first failed
+    /// frame ends the run.
     #[serde(default)]
     pub on_error: OnError,
     /// Give up after this many failed items in a row.
