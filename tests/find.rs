@@ -75,12 +75,7 @@ fn find_resumes_refuses_other_settings_and_shards_merge_into_the_single_run() {
     assert_eq!(std::fs::read(single.join("coco.json")).unwrap(), first);
 
     // Other settings on the same folder: refused, naming the manifest; --restart starts over.
-    let e = one_error(&find(
-        &images,
-        &reference,
-        &single,
-        &["--min-score", "0.5"],
-    ));
+    let e = one_error(&find(&images, &reference, &single, &["--min-score", "0.5"]));
     assert!(e.contains("manifest.jsonl"), "{e}");
     let o = find(&images, &reference, &single, &["--restart"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -91,7 +86,12 @@ fn find_resumes_refuses_other_settings_and_shards_merge_into_the_single_run() {
     let sharded = tmp.path().join("sharded");
     let mut parts = Vec::new();
     for i in 0..2 {
-        let o = find(&images, &reference, &sharded, &["--shard", &format!("{i}/2")]);
+        let o = find(
+            &images,
+            &reference,
+            &sharded,
+            &["--shard", &format!("{i}/2")],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         parts.push(sharded.join(format!("shard-{i}-of-2/coco.json")));
     }
