@@ -364,7 +364,7 @@ struct YamlObject {
 
 fn parse_yaml(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
-    let doc: YamlDoc = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let doc: YamlDoc = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     let mut classes: Vec<String> = Vec::new();
     for c in &doc.classes {
         if classes.contains(c) {

@@ -612,8 +612,10 @@ fn is_prompt_file(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
-    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-        Ok(serde_yaml::Value::Mapping(m)) => m.contains_key("objects") && !m.contains_key("source"),
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+        Ok(serde_yaml_ng::Value::Mapping(m)) => {
+            m.contains_key("objects") && !m.contains_key("source")
+        }
         _ => false,
     }
 }
@@ -736,7 +738,7 @@ fn write_prompts(file: &PromptFile, path: &Path) -> Result<()> {
             *m = std::path::absolute(&*m).unwrap_or_else(|_| m.clone());
         }
     }
-    let text = serde_yaml::to_string(&file).context("cannot write the prompts as YAML")?;
+    let text = serde_yaml_ng::to_string(&file).context("cannot write the prompts as YAML")?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 

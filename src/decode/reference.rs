@@ -328,7 +328,7 @@ mod tests {
     fn prompts_become_rows_in_model_input_coordinates() {
         // A 200x100 frame on a 100x100 input: half scale, the frame in the top half.
         let lb = Letterbox::new(200, 100, 100);
-        let o: ObjectPrompt = serde_yaml::from_str(
+        let o: ObjectPrompt = serde_yaml_ng::from_str(
             "{ id: 1, box: [20, 10, 120, 90], points: [[100, 50]], negative_points: [[0, 0]],\n\
              \x20 scribbles: [{ points: [[40, 20], [40, 60]], width: 4 }] }",
         )

@@ -23,7 +23,7 @@ pub struct ModelSpec {
     pub graphs: GraphsSpec,
     /// Free-form notes (backbone, data, recipe, hardware); optional, not read by vprompt.
     #[serde(default)]
-    pub provenance: serde_yaml::Value,
+    pub provenance: serde_yaml_ng::Value,
 }
 
 /// `input` of `model.yaml`: the model input's size and normalisation.
@@ -202,7 +202,7 @@ impl ModelSpec {
 
     /// Parses and checks the text of a `model.yaml`; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let spec: ModelSpec = serde_yaml::from_str(text).map_err(|e| Error::Model {
+        let spec: ModelSpec = serde_yaml_ng::from_str(text).map_err(|e| Error::Model {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;

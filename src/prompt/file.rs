@@ -115,7 +115,7 @@ impl PromptFile {
                 "not UTF-8 text ({e}); a prompt file is YAML or JSON"
             ))
         })?;
-        let mut file: PromptFile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut file: PromptFile = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for o in &mut file.objects {
             for p in [&mut o.mask, &mut o.image].into_iter().flatten() {
@@ -333,7 +333,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<PromptFile, String> {
-        let f: PromptFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let f: PromptFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         f.check()?;
         Ok(f)
     }

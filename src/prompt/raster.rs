@@ -168,7 +168,7 @@ mod tests {
     use super::*;
 
     fn prompt(text: &str) -> ObjectPrompt {
-        serde_yaml::from_str(text).unwrap()
+        serde_yaml_ng::from_str(text).unwrap()
     }
 
     #[test]

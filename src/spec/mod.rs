@@ -708,14 +708,14 @@ impl PipelineSpec {
             msg,
         };
         let mut spec: PipelineSpec = if overrides.is_empty() {
-            serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?
+            serde_yaml_ng::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?
         } else {
-            let mut value: serde_yaml::Value =
-                serde_yaml::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?;
+            let mut value: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(text).map_err(|e| err(describe_yaml_error(&e)))?;
             for o in overrides {
                 apply_override(&mut value, o).map_err(|m| err(format!("--set {o}: {m}")))?;
             }
-            serde_yaml::from_value(value).map_err(|e| err(format!("after --set: {e}")))?
+            serde_yaml_ng::from_value(value).map_err(|e| err(format!("after --set: {e}")))?
         };
         let base = path.parent().unwrap_or(Path::new("."));
         spec.resolve(base);
@@ -947,8 +947,8 @@ impl PipelineSpec {
     }
 }
 
-/// serde_yaml's message already names the key path and line/column; add the allowed keys' hint.
-fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+/// serde_yaml_ng's message already names the key path and line/column; add the allowed keys' hint.
+fn describe_yaml_error(e: &serde_yaml_ng::Error) -> String {
     let mut msg = e.to_string();
     if msg.contains("unknown field") {
         msg.push_str(" (see the YAML reference in README.md)");
@@ -958,10 +958,10 @@ fn describe_yaml_error(e: &serde_yaml::Error) -> String {
 
 /// `a.b.c=value`: sets a key in the YAML tree; the value is parsed as YAML (so numbers stay numbers).
 /// A numeric segment indexes a list (`sinks.0.dir=out`).
-fn apply_override(root: &mut serde_yaml::Value, o: &str) -> Result<(), String> {
-    use serde_yaml::Value;
+fn apply_override(root: &mut serde_yaml_ng::Value, o: &str) -> Result<(), String> {
+    use serde_yaml_ng::Value;
     let (key, raw) = o.split_once('=').ok_or("expected key.path=value")?;
-    let value: Value = serde_yaml::from_str(raw).map_err(|e| format!("value: {e}"))?;
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| format!("value: {e}"))?;
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err("empty key segment".into());
