@@ -1,5 +1,6 @@
 //! Bounded mutation fuzzing of every parser that reads user bytes: the pipeline YAML (and `--set`), the
-//! prompt file, `model.yaml`, label PNGs (prompt masks) and frame images. The property: a parser returns
+//! prompt file, `model.yaml`, label PNGs (prompt masks), frame images, exemplars, prompt banks and
+//! resume manifests. The property: a parser returns
 //! `Ok` or an error that names the file, and never panics (nor takes seconds on a small input).
 //!
 //! No cargo-fuzz (it needs nightly): each target replays its seed corpus in `tests/fuzz/corpus/<target>/`,
@@ -61,7 +62,21 @@ const TARGETS: &[Target] = &[
         false,
     ),
     target("bank", "fuzz/bank.json", bank, JSON, false),
+    target("manifest", "fuzz/manifest.jsonl", manifest, JSON, false),
 ];
+
+/// A resume manifest (`manifest.jsonl`), read as a resumed autolabel or find run reads it; its header
+/// must be this one (the seed's first line), so that mutations reach the image records.
+fn manifest(data: &[u8]) -> Result<(), vprompt::Error> {
+    let header = vprompt::sink::manifest::ManifestHeader {
+        vprompt_manifest: 1,
+        model: "m".into(),
+        bank: "b".into(),
+        settings: "s".into(),
+        shard: None,
+    };
+    vprompt::sink::manifest::read(data, Path::new("fuzz/manifest.jsonl"), &header).map(drop)
+}
 
 /// A prompt bank (`vprompt bank build`'s JSON), read as autolabel reads it.
 fn bank(data: &[u8]) -> Result<(), vprompt::Error> {

@@ -49,45 +49,12 @@ pub fn open(
         msg,
     };
     create_parent(path)?;
-    let mut previous = Vec::new();
-    let mut keep_bytes = 0u64;
-    if path.exists() && !restart {
+    let (previous, keep_bytes) = if path.exists() && !restart {
         let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut reader = BufReader::new(file);
-        let mut line = String::new();
-        let mut first = true;
-        let mut seen = BTreeSet::new();
-        loop {
-            line.clear();
-            let n = reader
-                .read_line(&mut line)
-                .map_err(|e| err(format!("cannot read: {e}")))?;
-            if n == 0 || !line.ends_with('\n') {
-                break; // the end, or a line cut short by a kill: done again
-            }
-            if first {
-                let found: ManifestHeader = serde_json::from_str(&line).map_err(|_| {
-                    err("is not a vprompt manifest; use another output folder".into())
-                })?;
-                if &found != header {
-                    return Err(err(format!(
-                        "belongs to a run with other settings ({}); use another output folder, or pass \
-                         --restart to start over",
-                        differences(&found, header)
-                    )));
-                }
-                first = false;
-            } else {
-                let Ok(r) = serde_json::from_str::<ImageRecord>(&line) else {
-                    break; // a damaged tail: everything after it is done again
-                };
-                if seen.insert(r.index) {
-                    previous.push(r);
-                }
-            }
-            keep_bytes += n as u64;
-        }
-    }
+        read(BufReader::new(file), path, header)?
+    } else {
+        (Vec::new(), 0)
+    };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -111,6 +78,55 @@ pub fn open(
         sink.append(&line)?;
     }
     Ok((sink, previous))
+}
+
+/// Reads a manifest that must belong to `header`: the images it records (each once), and how many bytes
+/// of it are whole lines worth keeping (a line cut short by a kill, or a damaged tail, is dropped and its
+/// images done again). `path` is the name errors give.
+pub fn read(
+    mut reader: impl BufRead,
+    path: &Path,
+    header: &ManifestHeader,
+) -> Result<(Vec<ImageRecord>, u64), Error> {
+    let err = |msg: String| Error::Sink {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut previous = Vec::new();
+    let mut keep_bytes = 0u64;
+    let mut line = String::new();
+    let mut first = true;
+    let mut seen = BTreeSet::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if n == 0 || !line.ends_with('\n') {
+            break; // the end, or a line cut short by a kill: done again
+        }
+        if first {
+            let found: ManifestHeader = serde_json::from_str(&line)
+                .map_err(|_| err("is not a vprompt manifest; use another output folder".into()))?;
+            if &found != header {
+                return Err(err(format!(
+                    "belongs to a run with other settings ({}); use another output folder, or pass \
+                     --restart to start over",
+                    differences(&found, header)
+                )));
+            }
+            first = false;
+        } else {
+            let Ok(r) = serde_json::from_str::<ImageRecord>(&line) else {
+                break; // a damaged tail: everything after it is done again
+            };
+            if seen.insert(r.index) {
+                previous.push(r);
+            }
+        }
+        keep_bytes += n as u64;
+    }
+    Ok((previous, keep_bytes))
 }
 
 fn differences(a: &ManifestHeader, b: &ManifestHeader) -> String {
@@ -238,5 +254,23 @@ mod tests {
         let (_, prev) = open(&p, &header("b"), true).unwrap();
         assert!(prev.is_empty());
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn the_fuzz_seed_is_a_manifest_with_two_images() {
+        let seed = include_bytes!("../../tests/fuzz/corpus/manifest/manifest.jsonl");
+        let header = ManifestHeader {
+            vprompt_manifest: 1,
+            model: "m".into(),
+            bank: "b".into(),
+            settings: "s".into(),
+            shard: None,
+        };
+        let (records, keep) = read(&seed[..], Path::new("seed"), &header).unwrap();
+        assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(keep, seed.len() as u64);
+        // Cut inside the last line: that image is done again.
+        let (records, _) = read(&seed[..seed.len() - 5], Path::new("seed"), &header).unwrap();
+        assert_eq!(records.len(), 1);
     }
 }
