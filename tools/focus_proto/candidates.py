@@ -2,8 +2,12 @@
 the whole image and on square crops of 0.7/0.5/0.35/0.2 of its long side; every candidate's predicted IoU, stability,
 cut-off flag, true IoU and the pairwise IoUs of the candidates are saved, and `rules` scores choice rules on them.
 
-MODEL=models/vprompt-lite0 python3 tools/focus_proto/candidates.py dump GT.json IMAGES eval|all OUT.pkl
+MODEL=models/vprompt-lite0 python3 tools/focus_proto/candidates.py dump GT.json IMAGES eval|pool|all OUT.pkl
 python3 tools/focus_proto/candidates.py rules A.pkl [B.pkl]
+Splits as `vprompt eval prompts --split`: images sorted by file name, `pool` the first half, `eval` the rest.
+Crop windows as `focus::window` (click at pixel centre, floor/ceil, clipped). Per candidate also: `win` (crop
+x0,y0,x1,y1), `inside` (click in mask), `cdist` (click to mask centroid / sqrt(area)), `mlogit` (mean logit
+inside the mask); per record `click` (x, y pixel).
 (pip: onnxruntime numpy pillow scipy pycocotools pyyaml)
 """
 import contextlib, io, json, os, pickle, sys
@@ -62,6 +66,8 @@ def dump():
         coco = COCO(gt)
     imgs = sorted(coco.imgs.values(), key=lambda im: im["file_name"])
     if split == "eval": imgs = imgs[len(imgs) // 2:]
+    elif split == "pool": imgs = imgs[: len(imgs) // 2]
+    elif split != "all": sys.exit(f"split {split!r}: eval, pool or all")
     recs = []
     for im in imgs:
         anns = [a for a in coco.imgToAnns[im["id"]] if not a.get("iscrowd", 0) and a["bbox"][2] >= 32 and a["bbox"][3] >= 32]
@@ -80,8 +86,9 @@ def dump():
                 if frac == 1.0:
                     f2, s2, nh2, nw2, c0, r0, c1, r1 = crops[1.0]
                 else:
-                    side = frac * L
-                    c0 = int(max(0, cx - side / 2)); c1 = int(min(W, cx + side / 2)); r0 = int(max(0, cy - side / 2)); r1 = int(min(H, cy + side / 2))
+                    side = frac * L; px, py = cx + 0.5, cy + 0.5
+                    c0 = int(min(max(np.floor(px - side / 2), 0), W - 1)); c1 = max(int(min(np.ceil(px + side / 2), W)), c0 + 1)
+                    r0 = int(min(max(np.floor(py - side / 2), 0), H - 1)); r1 = max(int(min(np.ceil(py + side / 2), H)), r0 + 1)
                     f2, s2, nh2, nw2 = encode(np.ascontiguousarray(rgb[r0:r1, c0:c1]))
                 h2, w2 = r1 - r0, c1 - c0
                 i2, me2 = decode(f2, [[(cx + 0.5 - c0) * s2 / S, (cy + 0.5 - r0) * s2 / S, 0, 0]])
@@ -91,12 +98,22 @@ def dump():
                     p = np.zeros_like(m); p[r0:r1, c0:c1] = lg
                     touch = (lg[:, 0].any() and c0 > 0) or (lg[:, -1].any() and c1 < W) or (lg[0].any() and r0 > 0) or (lg[-1].any() and r1 < H)
                     stab = float((lgf > 1).sum()) / max(1, int((lgf > -1).sum()))
-                    cands.append(dict(frac=frac, k=k, pred=float(i2[0, k]), touch=bool(touch), stab=stab, area=int(p.sum()), gt=float(iou_with(p, m)), mask=np.packbits(p)))
+                    area = int(p.sum())
+                    if area:
+                        ys, xs = np.nonzero(lg)
+                        cdist = float(np.hypot(xs.mean() + c0 - cx, ys.mean() + r0 - cy) / np.sqrt(area))
+                        mlogit = float(lgf[lg].mean())
+                    else:
+                        cdist, mlogit = 0.0, 0.0
+                    cands.append(dict(frac=frac, k=k, pred=float(i2[0, k]), touch=bool(touch), stab=stab, area=area, gt=float(iou_with(p, m)),
+                                      win=(c0, r0, c1, r1), inside=bool(p[cy, cx]), cdist=cdist, mlogit=mlogit, mask=np.packbits(p)))
             n = len(cands)
             M = [np.unpackbits(c["mask"])[: H * W].astype(bool) for c in cands]
-            pair = np.array([[iou_with(M[i], M[j]) for j in range(n)] for i in range(n)])
+            pair = np.eye(n)
+            for i in range(n):
+                for j in range(i + 1, n): pair[i, j] = pair[j, i] = iou_with(M[i], M[j])
             for c in cands: del c["mask"]
-            recs.append(dict(area=int(m.sum()), cands=cands, pair=pair, HW=(H, W)))
+            recs.append(dict(area=int(m.sum()), cands=cands, pair=pair, HW=(H, W), click=(int(cx), int(cy)), file=im["file_name"]))
     pickle.dump(recs, open(out, "wb"))
 
 
