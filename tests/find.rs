@@ -65,6 +65,14 @@ fn find_resumes_refuses_other_settings_and_shards_merge_into_the_single_run() {
     assert_eq!(c["images"].as_array().unwrap().len(), 13);
     // The square is found in every image.
     assert_eq!(c["annotations"].as_array().unwrap().len(), 13);
+    // YOLO-seg labels too, one file per image, as auto-labeling writes them.
+    assert!(single.join("yolo/data.yaml").is_file());
+    assert_eq!(
+        std::fs::read_dir(single.join("yolo/labels"))
+            .unwrap()
+            .count(),
+        13
+    );
 
     // Again: everything is in the manifest, nothing is read, the files are the same.
     let o = find(&images, &reference, &single, &[]);

@@ -169,15 +169,15 @@ pub(super) fn images_source(images: &str) -> String {
 
 /// The sinks of an image-set run (autolabel, find) in `out`, as pipeline YAML lines: coco.json, yolo/
 /// (with `yolo`), results.jsonl, contact-sheet.png and overlays/ (with `overlays`).
-pub(super) fn image_set_sinks(out: &Path, yolo: bool, overlays: bool) -> Vec<String> {
+pub(super) fn image_set_sinks(out: &Path, overlays: bool) -> Vec<String> {
     let f = |p: &str| {
         let path = out.join(p);
         yaml_str(&std::path::absolute(&path).unwrap_or(path).to_string_lossy())
     };
-    let mut sinks = vec![format!("  - {{ kind: coco, path: {} }}", f("coco.json"))];
-    if yolo {
-        sinks.push(format!("  - {{ kind: yolo, dir: {} }}", f("yolo")));
-    }
+    let mut sinks = vec![
+        format!("  - {{ kind: coco, path: {} }}", f("coco.json")),
+        format!("  - {{ kind: yolo, dir: {} }}", f("yolo")),
+    ];
     sinks.push(format!(
         "  - {{ kind: jsonl, path: {} }}",
         f("results.jsonl")
@@ -262,7 +262,7 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
         (None, None) => anyhow::bail!("give --exemplars or --bank"),
     };
     let images = images_source(&a.images);
-    let sinks = image_set_sinks(&out, true, !a.no_overlays);
+    let sinks = image_set_sinks(&out, !a.no_overlays);
     let labeler = match a.labeler {
         Labeler::Proposals => "proposals",
         Labeler::Generic => "generic",

@@ -41,7 +41,7 @@ pub struct FindArgs {
     /// A prompt file whose objects are all on reference images (`image:`), instead of --ref.
     #[arg(long, conflicts_with_all = ["reference", "mask"])]
     prompts: Option<PathBuf>,
-    /// Output folder: coco.json, results.jsonl, overlays/, contact-sheet.png, manifest.jsonl,
+    /// Output folder: coco.json, yolo/, results.jsonl, overlays/, contact-sheet.png, manifest.jsonl,
     /// report.json (in shard-I-of-N/ when sharded).
     #[arg(long)]
     out: PathBuf,
@@ -107,7 +107,7 @@ pub fn find(a: FindArgs) -> Result<i32> {
         None => default_model()?,
     };
     let images = images_source(&a.images);
-    let sinks = image_set_sinks(&out, false, !a.no_overlays);
+    let sinks = image_set_sinks(&out, !a.no_overlays);
     let text = format!(
         "source: {{ images: {}{shard_line} }}\nmodel: {}\nprompts: {}\njob:\n  kind: find\n  min_score: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {} }}\n",
         yaml_str(&images),

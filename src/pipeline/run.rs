@@ -29,7 +29,8 @@ use crate::spec::{PipelineSpec, Shard, SinkSpec};
 pub struct RunOptions {
     /// Serve Prometheus metrics here during the run.
     pub metrics_addr: Option<SocketAddr>,
-    /// Show a progress bar (when stderr is a terminal) or log progress lines.
+    /// Show a progress bar (when stderr is a terminal) or log progress lines, and print the report's
+    /// table on stderr when the run fails. Off, the library prints nothing.
     pub progress: bool,
     /// Set to stop reading; in-flight frames are finished and every file closed.
     pub stop: Arc<AtomicBool>,
@@ -399,7 +400,11 @@ async fn drive(s: Setup, started: Instant) -> Result<RunReport> {
     }
     match err {
         Some(e) => {
-            eprint!("{}", report.table());
+            // The table of what was done before the failure; a library caller that wants no output
+            // leaves `progress` off and reads `report.json`.
+            if s.opts.progress {
+                eprint!("{}", report.table());
+            }
             Err(e)
         }
         None => Ok(report),
