@@ -101,7 +101,11 @@ class Model:
 
     def decode(self, feats):
         names = ["pred_iou", "pred_boxes", "query_embed", "mask_embed"]
-        outs = self.decoder.run(names, self._feed(self.decoder, feats, points=self.points))
+        # A decoder of the `anchors` form takes (cx, cy, w, h) rows: a point is a row with w = h = 0.
+        anchors = np.concatenate([self.points, np.zeros_like(self.points)], axis=1)
+        outs = self.decoder.run(
+            names, self._feed(self.decoder, feats, points=self.points, anchors=anchors)
+        )
         return {n: o[0] for n, o in zip(names, outs)}  # batch of 1
 
     def encode_prompt(self, feats, input_mask):
