@@ -41,11 +41,7 @@ impl Supervisor {
 
     /// Records `e` (the first one wins) and stops the run: every queue closed, the source told to stop.
     pub fn fail(&self, e: Error) {
-        self.fatal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(e);
-        self.stop.store(true, Ordering::SeqCst);
+        self.fail_soft(e);
         for close in self
             .closers
             .lock()
