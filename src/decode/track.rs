@@ -112,6 +112,11 @@ impl Tracker {
         }
     }
 
+    /// The prompt file it follows.
+    pub fn prompts(&self) -> &PromptFile {
+        &self.prompts
+    }
+
     /// `(id, frame)` of the prompts (first prompts and corrections) whose frame has not been stepped yet.
     pub fn waiting(&self) -> Vec<(u8, u64)> {
         self.prompts

@@ -517,22 +517,34 @@ fn outlets(list: &[ort::value::Outlet]) -> Vec<(String, String, Vec<i64>)> {
 }
 
 fn identity_of(dir: &Path, spec: &ModelSpec) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
     let files = [
         PathBuf::from("model.yaml"),
         spec.graphs.encoder.file.clone(),
         spec.graphs.prompt_encoder.file.clone(),
         spec.graphs.decoder.file.clone(),
     ];
-    for f in files {
-        let path = dir.join(&f);
-        let bytes = std::fs::read(&path).map_err(|e| Error::Model {
-            path: path.clone(),
-            msg: format!("cannot read: {e}"),
-        })?;
-        h.update(&bytes);
+    files_digest(files.iter().map(|f| dir.join(f))).map_err(|(path, e)| Error::Model {
+        path,
+        msg: format!("cannot read: {e}"),
+    })
+}
+
+/// sha256 over the files' bytes in turn, as 32 hex digits (its first 16 bytes); on a read error, the
+/// file and the error.
+pub(crate) fn files_digest(
+    files: impl IntoIterator<Item = PathBuf>,
+) -> std::result::Result<String, (PathBuf, std::io::Error)> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for path in files {
+        match std::fs::read(&path) {
+            Ok(bytes) => h.update(&bytes),
+            Err(e) => return Err((path, e)),
+        }
     }
-    let digest = h.finalize();
-    Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+    Ok(h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

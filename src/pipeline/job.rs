@@ -94,8 +94,6 @@ struct Propagate {
     tracker: Tracker,
     prompts_path: PathBuf,
     anchors: Vec<QueryAnchor>,
-    categories: Vec<(u32, String)>,
-    check: PromptFile,
     /// `find`: the digest of the prompts and their reference files.
     resume: Option<String>,
 }
@@ -137,18 +135,11 @@ impl Propagate {
             });
         }
         Ok(Box::new(move |model: Arc<Model>| {
-            let categories = prompts
-                .ids()
-                .into_iter()
-                .map(|id| (id as u32, format!("object {id}")))
-                .collect();
             let anchors = PointGrid::new(model.spec.queries.grid).anchors();
             Ok(Box::new(Propagate {
-                tracker: Tracker::new(model, job, prompts.clone()),
+                tracker: Tracker::new(model, job, prompts),
                 prompts_path: path,
                 anchors,
-                categories,
-                check: prompts,
                 resume,
             }) as Box<dyn Job>)
         }))
@@ -161,7 +152,12 @@ impl Job for Propagate {
     }
 
     fn categories(&self) -> Vec<(u32, String)> {
-        self.categories.clone()
+        self.tracker
+            .prompts()
+            .ids()
+            .into_iter()
+            .map(|id| (id as u32, format!("object {id}")))
+            .collect()
     }
 
     fn step(&mut self, f: &FrameInput<'_>) -> Result<FrameObjects> {
@@ -170,7 +166,9 @@ impl Job for Propagate {
     }
 
     fn check_length(&self, frames: u64) -> Result<()> {
-        self.check.check_frames(frames, &self.prompts_path)
+        self.tracker
+            .prompts()
+            .check_frames(frames, &self.prompts_path)
     }
 
     fn resume_key(&self) -> Option<String> {
@@ -194,8 +192,6 @@ impl Job for Propagate {
 /// sha256 over the prompt file and every reference image and mask it names: a resumed `find` must look
 /// for the same objects.
 fn prompts_digest(path: &std::path::Path, prompts: &PromptFile) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
     let files = std::iter::once(path.to_path_buf()).chain(
         prompts
             .objects
@@ -203,19 +199,10 @@ fn prompts_digest(path: &std::path::Path, prompts: &PromptFile) -> Result<String
             .flat_map(|o| [o.image.clone(), o.mask.clone()])
             .flatten(),
     );
-    for f in files {
-        let bytes = std::fs::read(&f).map_err(|e| Error::Prompt {
-            path: path.to_path_buf(),
-            msg: format!("cannot read {}: {e}", f.display()),
-        })?;
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-    }
-    Ok(h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::model::session::files_digest(files).map_err(|(f, e)| Error::Prompt {
+        path: path.to_path_buf(),
+        msg: format!("cannot read {}: {e}", f.display()),
+    })
 }
 
 /// Dataset auto-labeling: every instance of a bank's classes, in independent images.
@@ -276,7 +263,7 @@ impl Job for Autolabel {
     }
 
     fn step(&mut self, f: &FrameInput<'_>) -> Result<FrameObjects> {
-        self.labeler.label(f.letterbox, f.features, f.queries)
+        FrameStep::step(self.labeler.as_ref(), f)
     }
 
     fn resume_key(&self) -> Option<String> {

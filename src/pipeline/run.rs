@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::job::{self, Job, JobStart};
-use super::stages::{self, Control, Keep, ModelWorker, SinkStage, SourceStage, Written};
+use super::stages::{self, Control, Keep, ModelWorker, SinkStage, SourceStage};
 use super::stats::{InFlight, RunReport, StageStats};
 use super::supervise::Supervisor;
 use super::watch::{self, Watch};
@@ -373,12 +373,7 @@ async fn drive(s: Setup, started: Instant) -> Result<RunReport> {
     let _ = watcher.await;
 
     let interrupted = stop.load(Ordering::SeqCst);
-    let written = written.unwrap_or_else(|| Written {
-        frames: 0,
-        outputs: Vec::new(),
-        latency: Default::default(),
-        errors: Vec::new(),
-    });
+    let written = written.unwrap_or_default();
     let report = RunReport::new(
         read.unwrap_or(0),
         written,

@@ -339,6 +339,7 @@ pub(super) struct SinkStage {
 }
 
 /// What the sink stage did.
+#[derive(Default)]
 pub(super) struct Written {
     pub frames: u64,
     pub outputs: Vec<PathBuf>,
@@ -355,12 +356,7 @@ pub(super) fn sinks(
     st: Arc<StageStats>,
 ) -> Result<Written> {
     let mut sinks = s.sinks;
-    let mut done = Written {
-        frames: 0,
-        outputs: Vec::new(),
-        latency: LatencyHistogram::default(),
-        errors: Vec::new(),
-    };
+    let mut done = Written::default();
     let mut in_a_row = 0u64;
     // After a sink failed (a full disk), the frames still in flight are not written: the files end
     // with the last frame that every sink took.
@@ -415,8 +411,8 @@ pub(super) fn sinks(
             )));
         }
     }
-    for s in sinks.iter_mut() {
-        match catch_unwind(AssertUnwindSafe(|| s.finish())) {
+    for sink in sinks.iter_mut() {
+        match catch_unwind(AssertUnwindSafe(|| sink.finish())) {
             Ok(Ok(paths)) => done.outputs.extend(paths),
             Ok(Err(e)) => sup.fail_soft(e),
             Err(p) => sup.fail_soft(panicked("sinks", p.as_ref())),
