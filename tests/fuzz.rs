@@ -69,7 +69,7 @@ const TARGETS: &[Target] = &[
 /// must be this one (the seed's first line), so that mutations reach the image records.
 fn manifest(data: &[u8]) -> Result<(), vprompt::Error> {
     let header = vprompt::sink::manifest::ManifestHeader {
-        vprompt_manifest: 1,
+        vprompt_manifest: vprompt::sink::manifest::MANIFEST_VERSION,
         model: "m".into(),
         bank: "b".into(),
         settings: "s".into(),

@@ -246,18 +246,12 @@ fn open_manifest(
         .clone()
         .or_else(|| report_location(&spec.sinks).map(|r| r.with_file_name("manifest.jsonl")))
         .ok_or_else(|| Error::Runtime("a resumable job needs `job.manifest` or a sink".into()))?;
-    let mut job = spec.job.clone();
-    job.manifest = None;
-    let src = &spec.source;
     let header = ManifestHeader {
-        vprompt_manifest: 1,
+        vprompt_manifest: manifest::MANIFEST_VERSION,
         model: model.identity.clone(),
         bank: key,
-        settings: format!(
-            "job {job:?}; source {:?} {:?} {:?} {}..{:?}/{}; sinks {:?}",
-            src.images, src.frames, src.video, src.start, src.end, src.stride, spec.sinks
-        ),
-        shard: src.shard.clone(),
+        settings: manifest::settings(spec)?,
+        shard: spec.source.shard.clone(),
     };
     let (sink, previous) = manifest::open(&path, &header, restart)?;
     if !previous.is_empty() {

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::record::ImageRecord;
 use super::{create_parent, FrameRecord, Sink};
 use crate::error::Error;
+use crate::spec::{JobSpec, PipelineSpec, SinkSpec};
+
+/// The manifest format a run writes. 2: `settings` is [`settings`]' canonical JSON; 1 held Rust
+/// `Debug` text, so a version-1 manifest is refused (start it over with `--restart`).
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// What a manifest belongs to; a resumed run must match it exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,10 +29,75 @@ pub struct ManifestHeader {
     pub model: String,
     /// The job's resume key: a digest of its inputs (the bank, or the find job's prompts).
     pub bank: String,
-    /// The settings that change results (job, source, sinks), as text.
+    /// The settings that change results (job, source, sinks), as [`settings`] writes them.
     pub settings: String,
     /// `source.shard` (`I/N`), when the run reads one shard.
     pub shard: Option<String>,
+}
+
+/// The settings of a resumable run that change its results, as the manifest records them.
+#[derive(Serialize)]
+struct Settings<'a> {
+    job: &'a JobSpec,
+    source: SourceRange<'a>,
+    sinks: &'a [SinkSpec],
+}
+
+/// The keys of `source` that say which frames are read (not how: reconnects, timeouts, shard).
+#[derive(Serialize)]
+struct SourceRange<'a> {
+    images: &'a Option<String>,
+    frames: &'a Option<PathBuf>,
+    video: &'a Option<String>,
+    start: u64,
+    end: Option<u64>,
+    stride: u64,
+}
+
+/// A manifest header's `settings`: the job (less `job.manifest`, where the record itself lives), the
+/// source's input and frame range, and the sinks, as JSON with the spec's key names, keys sorted and
+/// floats written shortest. It changes when a setting does, not when a type's fields are reordered or
+/// its `Debug` output changes. The shard is the header's own field.
+pub fn settings(spec: &PipelineSpec) -> Result<String, Error> {
+    let mut job = spec.job.clone();
+    job.manifest = None;
+    let src = &spec.source;
+    let settings = Settings {
+        job: &job,
+        source: SourceRange {
+            images: &src.images,
+            frames: &src.frames,
+            video: &src.video,
+            start: src.start,
+            end: src.end,
+            stride: src.stride,
+        },
+        sinks: &spec.sinks,
+    };
+    let err = |e: serde_json::Error| {
+        Error::Runtime(format!(
+            "the run's settings cannot be recorded in the manifest: {e}; use UTF-8 paths"
+        ))
+    };
+    // Written once in field order (f32 as the shortest text that reads back), then read back into a
+    // map with sorted keys and written again: the order of the fields no longer matters.
+    let text = serde_json::to_string(&settings).map_err(err)?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(err)?;
+    Ok(sorted(value).to_string())
+}
+
+/// `value` with the keys of every object in sorted order, whatever map serde_json is built with.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(m) => {
+            let mut pairs: Vec<(String, Value)> = m.into_iter().collect();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(pairs.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        v => v,
+    }
 }
 
 /// Appends finished images to the manifest.
@@ -193,7 +263,7 @@ mod tests {
 
     fn header(settings: &str) -> ManifestHeader {
         ManifestHeader {
-            vprompt_manifest: 1,
+            vprompt_manifest: MANIFEST_VERSION,
             model: "m".into(),
             bank: "b".into(),
             settings: settings.into(),
@@ -256,11 +326,53 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
     }
 
+    const PIPE: &str = "source: { images: \"imgs/*.jpg\", end: 9 }\nmodel: m\nbank: b.json\njob: { kind: autolabel, score_threshold: 0.25 }\nsinks:\n  - { kind: coco, path: out/coco.json }\n  - { kind: contact_sheet, path: out/sheet.png }\n";
+
+    fn spec(sets: &[&str]) -> PipelineSpec {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        PipelineSpec::parse(PIPE, Path::new("/p/pipe.yaml"), &sets).unwrap()
+    }
+
+    #[test]
+    fn settings_are_sorted_json_that_changes_with_a_setting_only() {
+        let a = settings(&spec(&[])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(v["job"]["kind"], "autolabel");
+        assert_eq!(v["job"]["score_threshold"].to_string(), "0.25");
+        assert_eq!(v["job"]["labeler"]["nms_iou"].to_string(), "0.7");
+        assert_eq!(v["source"]["end"], 9);
+        assert_eq!(v["sinks"][1]["kind"], "contact_sheet");
+        assert_eq!(v["sinks"][1]["count"], 16);
+        // Keys sorted at every level: the order of a type's fields does not matter.
+        assert!(a.starts_with("{\"job\":{\"exemplars_per_class\":16,\"focus\":{\"agreement\":1.0,"));
+        assert!(a.contains("\"source\":{\"end\":9,\"frames\":null,\"images\":"));
+        // The same settings give the same text; where the manifest lives and how the run is executed
+        // do not count; a setting that changes results does.
+        assert_eq!(settings(&spec(&[])).unwrap(), a);
+        assert_eq!(
+            settings(&spec(&[
+                "job.manifest=/elsewhere/m.jsonl",
+                "runtime.workers=3",
+                "source.shard=1/2"
+            ]))
+            .unwrap(),
+            a
+        );
+        for set in [
+            "job.score_threshold=0.3",
+            "job.labeler.grid=10",
+            "source.end=10",
+            "sinks.1.count=4",
+        ] {
+            assert_ne!(settings(&spec(&[set])).unwrap(), a, "{set}");
+        }
+    }
+
     #[test]
     fn the_fuzz_seed_is_a_manifest_with_two_images() {
         let seed = include_bytes!("../../tests/fuzz/corpus/manifest/manifest.jsonl");
         let header = ManifestHeader {
-            vprompt_manifest: 1,
+            vprompt_manifest: MANIFEST_VERSION,
             model: "m".into(),
             bank: "b".into(),
             settings: "s".into(),

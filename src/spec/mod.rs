@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// A whole pipeline: where frames come from, which model, what to find, where results go, how to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// `source`: where frames come from (required).
@@ -33,7 +33,7 @@ pub struct PipelineSpec {
 }
 
 /// Exactly one of `video`, `frames`, `images`, plus an optional frame range and stride.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// A video file or any URL FFmpeg opens (rtsp://, http://, ...).
@@ -122,7 +122,7 @@ impl Shard {
 
 /// How a dropped stream is reopened: `attempts` tries in a row, waiting `backoff_ms` before the first
 /// and twice as long before each next one (at most 30 s); a try that delivers a frame resets the count.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectSpec {
     /// Tries in a row before the run ends at the drop (required, at most 1000).
@@ -145,7 +145,7 @@ fn one() -> u64 {
 }
 
 /// What to compute for each frame.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// `propagate` (default), `autolabel` or `find`; see [`JobKind`].
@@ -208,7 +208,7 @@ pub struct JobSpec {
 
 /// Looking closer at a box or click prompt on its reference image (`decode/focus.rs`): the prompt is
 /// decoded again on crops of the image around it, encoded at full model input size.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FocusSpec {
     /// Decode on crops as well (true) or on the whole image only (false).
@@ -302,7 +302,7 @@ fn default_focus_agreement() -> f32 {
 
 /// The online target model of the propagate job (`decode/target.rs`): per object a logistic regression
 /// over the encoder's features, fitted on the reference frame and augmented views of it.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// `fused` (default), `rerank`, `target` or `decoder`; see [`TargetMode`].
@@ -355,7 +355,7 @@ fn default_target_weight() -> f32 {
 }
 
 /// How the propagate job makes an object's mask on a frame.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetMode {
     /// The decoder alone: the query that best matches the object's prompt memory (DINOv).
@@ -370,7 +370,7 @@ pub enum TargetMode {
 }
 
 /// How the auto-labeling job finds and classifies instances.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabelerSpec {
     /// `proposals` (default) or `generic`; see [`LabelerMode`].
@@ -445,7 +445,7 @@ fn default_class_nms_iou() -> f32 {
 }
 
 /// Where auto-labeling's instances come from.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelerMode {
     /// Class-agnostic proposals (the decoder's generic and point-grid queries, mask NMS), each classified by
@@ -457,7 +457,7 @@ pub enum LabelerMode {
 }
 
 /// The score of an auto-labeling detection.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum GenericScore {
     /// Class probability `sigmoid(logit_scale * cos + logit_bias)`.
@@ -521,7 +521,7 @@ impl Default for JobSpec {
 }
 
 /// The job a pipeline runs (`job.kind`, default `propagate`).
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Video object propagation: objects prompted on reference frames, segmented on every frame.
@@ -535,7 +535,7 @@ pub enum JobKind {
 }
 
 /// One output. Several may be listed; each gets every result.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
     /// DAVIS-style palette PNGs, one per frame, named like the frames; pixel value = object id.
@@ -591,7 +591,7 @@ fn default_sheet_count() -> usize {
 }
 
 /// How to run: queues, workers, batching, device, threads, error policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSpec {
     /// Capacity of every queue between stages (items). A full queue blocks the stage before it.
@@ -669,7 +669,7 @@ impl Default for RuntimeSpec {
 }
 
 /// What a failing item does to the run.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Report the item with its id and go on.
