@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use serde_yaml_ng::Value;
 
-use super::{default_model, execute, yaml_str};
+use super::{default_model, execute, write_pipeline, yaml_f32, yaml_map, yaml_path};
 use crate::bank::{Bank, ExemplarSet};
 use crate::model::{Model, SessionOptions};
-use crate::spec::{PipelineSpec, Shard};
+use crate::spec::Shard;
 
 #[derive(Args)]
 pub struct AutolabelArgs {
@@ -153,46 +154,44 @@ pub fn bank(cmd: BankCommand) -> Result<i32> {
     }
 }
 
-/// An image source as the generated pipeline file gives it: a glob as it is, a folder made absolute (the
-/// pipeline file lives in the output folder).
-pub(super) fn images_source(images: &str) -> String {
-    if images.contains(['*', '?', '[']) {
-        images.to_string()
+/// The `source` of an image-set run's pipeline file: the images (a glob as it is, a folder made absolute,
+/// as the pipeline file lives in the output folder), and this process's shard (`I/N`) when split.
+pub(super) fn image_set_source(images: &str, shard: Option<String>) -> Value {
+    let images = if images.contains(['*', '?', '[']) {
+        Value::from(images)
     } else {
         let p = Path::new(images);
-        std::path::absolute(p)
-            .unwrap_or_else(|_| p.to_path_buf())
-            .to_string_lossy()
-            .into_owned()
+        yaml_path(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    };
+    match shard {
+        Some(s) => yaml_map([("images", images), ("shard", s.into())]),
+        None => yaml_map([("images", images)]),
     }
 }
 
-/// The sinks of an image-set run (autolabel, find) in `out`, as pipeline YAML lines: coco.json, yolo/
-/// (with `yolo`), results.jsonl, contact-sheet.png and overlays/ (with `overlays`).
-pub(super) fn image_set_sinks(out: &Path, overlays: bool) -> Vec<String> {
+/// The `sinks` of an image-set run (autolabel, find) in `out`: coco.json, yolo/, results.jsonl,
+/// contact-sheet.png and overlays/ (with `overlays`).
+pub(super) fn image_set_sinks(out: &Path, overlays: bool) -> Value {
     let f = |p: &str| {
         let path = out.join(p);
-        yaml_str(&std::path::absolute(&path).unwrap_or(path).to_string_lossy())
+        yaml_path(&std::path::absolute(&path).unwrap_or(path))
     };
     let mut sinks = vec![
-        format!("  - {{ kind: coco, path: {} }}", f("coco.json")),
-        format!("  - {{ kind: yolo, dir: {} }}", f("yolo")),
+        yaml_map([("kind", "coco".into()), ("path", f("coco.json"))]),
+        yaml_map([("kind", "yolo".into()), ("dir", f("yolo"))]),
+        yaml_map([("kind", "jsonl".into()), ("path", f("results.jsonl"))]),
+        yaml_map([
+            ("kind", "contact_sheet".into()),
+            ("path", f("contact-sheet.png")),
+        ]),
     ];
-    sinks.push(format!(
-        "  - {{ kind: jsonl, path: {} }}",
-        f("results.jsonl")
-    ));
-    sinks.push(format!(
-        "  - {{ kind: contact_sheet, path: {} }}",
-        f("contact-sheet.png")
-    ));
     if overlays {
-        sinks.push(format!(
-            "  - {{ kind: overlay_png, dir: {} }}",
-            f("overlays")
-        ));
+        sinks.push(yaml_map([
+            ("kind", "overlay_png".into()),
+            ("dir", f("overlays")),
+        ]));
     }
-    sinks
+    Value::Sequence(sinks)
 }
 
 /// How a run over an image set is split and resumed: the options `autolabel` and `find` share.
@@ -227,21 +226,20 @@ impl ImageSetRun {
         )?))
     }
 
-    /// The output folder of this process (`OUT/shard-I-of-N` when sharded) and the source keys that
-    /// select its shard.
-    pub fn output(&self, out: &Path) -> Result<(PathBuf, String)> {
+    /// The output folder of this process (`OUT/shard-I-of-N` when sharded) and its `source.shard`.
+    pub fn output(&self, out: &Path) -> Result<(PathBuf, Option<String>)> {
         Ok(match self.shard()? {
             Some(s) => (
                 out.join(format!("shard-{}-of-{}", s.index, s.count)),
-                format!(", shard: \"{}/{}\"", s.index, s.count),
+                Some(format!("{}/{}", s.index, s.count)),
             ),
-            None => (out.to_path_buf(), String::new()),
+            None => (out.to_path_buf(), None),
         })
     }
 }
 
 pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
-    let (out, shard_line) = a.parts.output(&a.out)?;
+    let (out, shard) = a.parts.output(&a.out)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let model = match &a.model {
@@ -261,30 +259,38 @@ pub fn autolabel(a: AutolabelArgs) -> Result<i32> {
         }
         (None, None) => anyhow::bail!("give --exemplars or --bank"),
     };
-    let images = images_source(&a.images);
-    let sinks = image_set_sinks(&out, !a.no_overlays);
-    let labeler = match a.labeler {
-        Labeler::Proposals => "proposals",
-        Labeler::Generic => "generic",
+    let labeler = match (a.labeler, a.grid) {
+        (Labeler::Generic, _) => yaml_map([("mode", "generic".into())]),
+        (Labeler::Proposals, None) => yaml_map([("mode", "proposals".into())]),
+        (Labeler::Proposals, Some(g)) => {
+            yaml_map([("mode", "proposals".into()), ("grid", g.into())])
+        }
     };
-    let grid = a.grid.map(|g| format!(", grid: {g}")).unwrap_or_default();
-    let text = format!(
-        "source: {{ images: {}{shard_line} }}\nmodel: {}\nbank: {}\njob:\n  kind: autolabel\n  labeler: {{ mode: {labeler}{grid} }}\n  score_threshold: {}\n  max_detections: {}\n  exemplars_per_class: {}\n  seed: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {}, batch_size: {} }}\n",
-        yaml_str(&images),
-        yaml_str(&abs(&model).to_string_lossy()),
-        yaml_str(&abs(&bank).to_string_lossy()),
-        a.threshold,
-        a.max_detections,
-        a.exemplars_per_class,
-        a.seed,
-        sinks.join("\n"),
-        yaml_str(&a.device),
-        a.workers,
-        a.batch,
-    );
-    let spec_path = out.join("pipeline.yaml");
-    std::fs::write(&spec_path, &text)
-        .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
+    let pipeline = yaml_map([
+        ("source", image_set_source(&a.images, shard)),
+        ("model", yaml_path(&abs(&model))),
+        ("bank", yaml_path(&abs(&bank))),
+        (
+            "job",
+            yaml_map([
+                ("kind", "autolabel".into()),
+                ("labeler", labeler),
+                ("score_threshold", yaml_f32(a.threshold)),
+                ("max_detections", a.max_detections.into()),
+                ("exemplars_per_class", a.exemplars_per_class.into()),
+                ("seed", a.seed.into()),
+            ]),
+        ),
+        ("sinks", image_set_sinks(&out, !a.no_overlays)),
+        (
+            "runtime",
+            yaml_map([
+                ("device", a.device.clone().into()),
+                ("workers", a.workers.into()),
+                ("batch_size", a.batch.into()),
+            ]),
+        ),
+    ]);
+    let spec = write_pipeline(&pipeline, &out.join("pipeline.yaml"))?;
     execute(spec, None, a.quiet, a.parts.restart)
 }

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use serde_yaml_ng::Value;
+
+use super::{yaml_map, yaml_path};
 
 use crate::model::{Model, Preprocessor, QueryAnchor, SessionOptions, Tensor};
 use crate::pipeline::{run, RunOptions, RunReport};
@@ -70,8 +73,21 @@ fn model_bound(
 }
 
 /// Runs a pipeline from its YAML text (written to nowhere; `path` anchors relative paths), from scratch.
-fn run_pipeline(yaml: &str, path: &Path) -> Result<RunReport> {
-    let spec = PipelineSpec::parse(yaml, path, &[])?;
+/// The `runtime` of the benchmarked pipelines: the bench's workers, batch, device, and the threads shared
+/// among the workers.
+fn bench_runtime(a: &BenchArgs, threads: usize) -> Value {
+    yaml_map([
+        ("workers", a.workers.into()),
+        ("batch_size", a.batch.into()),
+        ("threads", (threads / a.workers).max(1).into()),
+        ("device", a.device.clone().into()),
+        ("queue_capacity", 8.into()),
+    ])
+}
+
+fn run_pipeline(pipeline: &Value, path: &Path) -> Result<RunReport> {
+    let yaml = serde_yaml_ng::to_string(pipeline).context("cannot write the pipeline as YAML")?;
+    let spec = PipelineSpec::parse(&yaml, path, &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,8 +163,20 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             sessions: 1,
         },
     )?;
+    let source = yaml_map([("video", video.clone().into()), ("end", a.frames.into())]);
     let src = PipelineSpec::parse(
-        &format!("source: {{ video: {video:?}, end: {} }}\nmodel: m\nprompts: p\nsinks: [{{ kind: jsonl, path: x }}]\n", a.frames),
+        &serde_yaml_ng::to_string(&yaml_map([
+            ("source", source.clone()),
+            ("model", "m".into()),
+            ("prompts", "p".into()),
+            (
+                "sinks",
+                Value::Sequence(vec![yaml_map([
+                    ("kind", "jsonl".into()),
+                    ("path", "x".into()),
+                ])]),
+            ),
+        ]))?,
         Path::new("bench.yaml"),
         &[],
     )?;
@@ -173,24 +201,32 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     // (b) vprompt end to end: decode -> model -> track -> palette PNGs.
     let out = std::env::temp_dir().join(format!("vprompt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
+    let prompts = yaml_map([(
+        "objects",
+        Value::Sequence(vec![yaml_map([
+            ("id", 1.into()),
+            ("frame", 0.into()),
+            ("mask", yaml_path(&std::path::absolute(&a.mask)?)),
+        ])]),
+    )]);
     std::fs::write(
         out.join("prompts.yaml"),
-        format!(
-            "objects:\n  - {{ id: 1, frame: 0, mask: {:?} }}\n",
-            std::path::absolute(&a.mask)?
-        ),
+        serde_yaml_ng::to_string(&prompts)?,
     )?;
-    let yaml = format!(
-        "source: {{ video: {:?}, end: {} }}\nmodel: {:?}\nprompts: prompts.yaml\nsinks:\n  - {{ kind: palette_png, dir: masks }}\nruntime: {{ workers: {}, batch_size: {}, threads: {}, device: {:?}, queue_capacity: 8 }}\n",
-        video,
-        a.frames,
-        std::path::absolute(&a.model)?,
-        a.workers,
-        a.batch,
-        (threads / a.workers).max(1),
-        a.device
-    );
-    let report = run_pipeline(&yaml, &out.join("pipeline.yaml"))?;
+    let pipeline = yaml_map([
+        ("source", source),
+        ("model", yaml_path(&std::path::absolute(&a.model)?)),
+        ("prompts", "prompts.yaml".into()),
+        (
+            "sinks",
+            Value::Sequence(vec![yaml_map([
+                ("kind", "palette_png".into()),
+                ("dir", "masks".into()),
+            ])]),
+        ),
+        ("runtime", bench_runtime(a, threads)),
+    ]);
+    let report = run_pipeline(&pipeline, &out.join("pipeline.yaml"))?;
     let fps_b = report.fps;
 
     // (c) the Python way.
@@ -345,16 +381,27 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
     drop((model, inputs));
 
     // (b) vprompt end to end.
-    let yaml = format!(
-        "source: {{ images: {:?}, end: {n} }}\nmodel: {:?}\nbank: bank.json\njob: {{ kind: autolabel }}\nsinks:\n  - {{ kind: coco, path: auto/coco.json }}\n  - {{ kind: jsonl, path: auto/results.jsonl }}\nruntime: {{ workers: {}, batch_size: {}, threads: {}, device: {:?}, queue_capacity: 8 }}\n",
-        dir,
-        std::path::absolute(&a.model)?,
-        a.workers,
-        a.batch,
-        (threads / a.workers).max(1),
-        a.device
-    );
-    let report = run_pipeline(&yaml, &out.join("autolabel.yaml"))?;
+    let pipeline = yaml_map([
+        (
+            "source",
+            yaml_map([("images", yaml_path(&dir)), ("end", n.into())]),
+        ),
+        ("model", yaml_path(&std::path::absolute(&a.model)?)),
+        ("bank", "bank.json".into()),
+        ("job", yaml_map([("kind", "autolabel".into())])),
+        (
+            "sinks",
+            Value::Sequence(vec![
+                yaml_map([("kind", "coco".into()), ("path", "auto/coco.json".into())]),
+                yaml_map([
+                    ("kind", "jsonl".into()),
+                    ("path", "auto/results.jsonl".into()),
+                ]),
+            ]),
+        ),
+        ("runtime", bench_runtime(a, threads)),
+    ]);
+    let report = run_pipeline(&pipeline, &out.join("autolabel.yaml"))?;
 
     // (c) the Python way.
     let python = if a.python {

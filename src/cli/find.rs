@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::autolabel::{image_set_sinks, images_source, ImageSetRun};
-use super::{default_model, execute, parse_box, parse_xy, quick_prompt, write_prompts, yaml_str};
+use super::autolabel::{image_set_sinks, image_set_source, ImageSetRun};
+use super::{
+    default_model, execute, parse_box, parse_xy, quick_prompt, write_pipeline, write_prompts,
+    yaml_f32, yaml_map, yaml_path,
+};
 use crate::prompt::PromptFile;
-use crate::spec::PipelineSpec;
 
 #[derive(Args)]
 pub struct FindArgs {
@@ -67,7 +69,7 @@ pub struct FindArgs {
 }
 
 pub fn find(a: FindArgs) -> Result<i32> {
-    let (out, shard_line) = a.parts.output(&a.out)?;
+    let (out, shard) = a.parts.output(&a.out)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let prompts = match (&a.prompts, &a.reference) {
@@ -106,21 +108,26 @@ pub fn find(a: FindArgs) -> Result<i32> {
         Some(m) => m.clone(),
         None => default_model()?,
     };
-    let images = images_source(&a.images);
-    let sinks = image_set_sinks(&out, !a.no_overlays);
-    let text = format!(
-        "source: {{ images: {}{shard_line} }}\nmodel: {}\nprompts: {}\njob:\n  kind: find\n  min_score: {}\nsinks:\n{}\nruntime: {{ device: {}, workers: {} }}\n",
-        yaml_str(&images),
-        yaml_str(&abs(&model).to_string_lossy()),
-        yaml_str(&prompts.to_string_lossy()),
-        a.min_score,
-        sinks.join("\n"),
-        yaml_str(&a.device),
-        a.workers,
-    );
-    let spec_path = out.join("pipeline.yaml");
-    std::fs::write(&spec_path, &text)
-        .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
+    let pipeline = yaml_map([
+        ("source", image_set_source(&a.images, shard)),
+        ("model", yaml_path(&abs(&model))),
+        ("prompts", yaml_path(&prompts)),
+        (
+            "job",
+            yaml_map([
+                ("kind", "find".into()),
+                ("min_score", yaml_f32(a.min_score)),
+            ]),
+        ),
+        ("sinks", image_set_sinks(&out, !a.no_overlays)),
+        (
+            "runtime",
+            yaml_map([
+                ("device", a.device.clone().into()),
+                ("workers", a.workers.into()),
+            ]),
+        ),
+    ]);
+    let spec = write_pipeline(&pipeline, &out.join("pipeline.yaml"))?;
     execute(spec, None, a.quiet, a.parts.restart)
 }

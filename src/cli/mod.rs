@@ -12,6 +12,7 @@ mod find;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use serde_yaml_ng::Value;
 
 use crate::model::{Model, SessionOptions};
 use crate::pipeline::{run, RunOptions, RunReport};
@@ -408,43 +409,47 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or(video)
             };
-            let source = if is_dir {
-                format!("frames: {}", yaml_str(&video))
-            } else {
-                format!("video: {}", yaml_str(&video))
-            };
-            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let abs =
+                |p: &Path| yaml_path(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+            let source = yaml_map([(if is_dir { "frames" } else { "video" }, Value::from(video))]);
             let mut sinks = vec![
-                format!(
-                    "  - {{ kind: palette_png, dir: {} }}",
-                    yaml_str(&abs(&out.join("masks")).to_string_lossy())
-                ),
-                format!(
-                    "  - {{ kind: jsonl, path: {} }}",
-                    yaml_str(&abs(&out.join("results.jsonl")).to_string_lossy())
-                ),
-                format!(
-                    "  - {{ kind: coco, path: {} }}",
-                    yaml_str(&abs(&out.join("coco.json")).to_string_lossy())
-                ),
+                yaml_map([
+                    ("kind", "palette_png".into()),
+                    ("dir", abs(&out.join("masks"))),
+                ]),
+                yaml_map([
+                    ("kind", "jsonl".into()),
+                    ("path", abs(&out.join("results.jsonl"))),
+                ]),
+                yaml_map([
+                    ("kind", "coco".into()),
+                    ("path", abs(&out.join("coco.json"))),
+                ]),
             ];
             if !no_video {
-                sinks.push(format!(
-                    "  - {{ kind: video, path: {} }}",
-                    yaml_str(&abs(&out.join("overlay.mp4")).to_string_lossy())
-                ));
+                sinks.push(yaml_map([
+                    ("kind", "video".into()),
+                    ("path", abs(&out.join("overlay.mp4"))),
+                ]));
             }
-            let text = format!(
-                "source: {{ {source} }}\nmodel: {}\nprompts: {}\njob: {{ kind: propagate, target: {{ mode: {target} }} }}\nsinks:\n{}\nruntime: {{ device: {}, workers: {workers} }}\n",
-                yaml_str(&abs(&model).to_string_lossy()),
-                yaml_str(&abs(&prompts).to_string_lossy()),
-                sinks.join("\n"),
-                yaml_str(&device),
-            );
-            let spec_path = out.join("pipeline.yaml");
-            std::fs::write(&spec_path, &text)
-                .with_context(|| format!("cannot write {}", spec_path.display()))?;
-            let spec = PipelineSpec::parse(&text, &spec_path, &[])?;
+            let pipeline = yaml_map([
+                ("source", source),
+                ("model", abs(&model)),
+                ("prompts", abs(&prompts)),
+                (
+                    "job",
+                    yaml_map([
+                        ("kind", "propagate".into()),
+                        ("target", yaml_map([("mode", target.into())])),
+                    ]),
+                ),
+                ("sinks", Value::Sequence(sinks)),
+                (
+                    "runtime",
+                    yaml_map([("device", device.into()), ("workers", workers.into())]),
+                ),
+            ]);
+            let spec = write_pipeline(&pipeline, &out.join("pipeline.yaml"))?;
             execute(spec, None, quiet, false)
         }
         Command::Bench {
@@ -603,8 +608,32 @@ fn execute(
     Ok(if report.interrupted { 130 } else { 0 })
 }
 
-pub(crate) fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+/// A YAML mapping of `pairs`, in their order: how the CLI builds the pipeline files it writes.
+pub(crate) fn yaml_map<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Mapping(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
+}
+
+/// A path as a pipeline file gives it.
+pub(crate) fn yaml_path(p: &Path) -> Value {
+    Value::from(p.to_string_lossy().into_owned())
+}
+
+/// An `f32` option as the number its shortest text says (0.3, not 0.30000001192092896).
+pub(crate) fn yaml_f32(x: f32) -> Value {
+    Value::from(x.to_string().parse::<f64>().unwrap_or(x as f64))
+}
+
+/// Writes the pipeline built in code to `path` (YAML, by serde) and reads it back as `vprompt run`
+/// would, so that the file beside the outputs is what ran and every check applies.
+pub(crate) fn write_pipeline(pipeline: &Value, path: &Path) -> Result<PipelineSpec> {
+    let text = serde_yaml_ng::to_string(pipeline).context("cannot write the pipeline as YAML")?;
+    std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(PipelineSpec::parse(&text, path, &[])?)
 }
 
 /// Whether `path` holds a prompt file (a mapping with `objects` and no `source`) rather than a pipeline.
