@@ -8,6 +8,7 @@ pub mod bank;
 #[doc(hidden)]
 /// The command line (the `vprompt` binary's; not part of the library's API).
 pub mod cli;
+pub mod coco;
 pub mod decode;
 pub mod error;
 pub(crate) mod eval;

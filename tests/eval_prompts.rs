@@ -282,7 +282,7 @@ fn errors_name_the_file() {
     ]);
     let e = one_error(&o);
     assert!(
-        e.contains("bad.json") && e.contains("no `images` list"),
+        e.contains("bad.json") && e.contains("`images` is not a list"),
         "{e}"
     );
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use vprompt::bank::exemplars::parse_segmentation;
+use vprompt::bank::exemplars::Shape;
 use vprompt::post::distance::most_interior_pixel;
 use vprompt::post::BinaryMask;
 use vprompt::prompt::raster::object_pixels;
@@ -25,35 +25,25 @@ struct Scene {
 }
 
 fn scenes() -> Vec<Scene> {
-    let gt: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(coco128().join("annotations/instances_train2017.json")).unwrap(),
-    )
-    .unwrap();
-    let mut images: Vec<&serde_json::Value> = gt["images"].as_array().unwrap().iter().collect();
-    images.sort_by_key(|i| i["file_name"].as_str().unwrap().to_string());
+    let gt = vprompt::coco::Document::load(&coco128().join("annotations/instances_train2017.json"))
+        .unwrap();
+    let mut images: Vec<&vprompt::coco::Image> = gt.images.iter().collect();
+    images.sort_by_key(|i| i.file_name.clone());
     let eval = &images[images.len() / 2..];
     let mut out = Vec::new();
     for im in eval {
-        let (id, w, h) = (
-            im["id"].as_u64().unwrap(),
-            im["width"].as_u64().unwrap() as u32,
-            im["height"].as_u64().unwrap() as u32,
-        );
+        let (w, h) = im.size().unwrap();
         let mut objects = Vec::new();
-        for a in gt["annotations"].as_array().unwrap() {
-            if a["image_id"].as_u64() != Some(id)
-                || a["iscrowd"].as_u64() == Some(1)
-                || a["area"].as_f64().unwrap() < MIN_AREA
-            {
+        for a in gt.annotations().unwrap() {
+            if a.image_id != im.id || a.iscrowd == 1 || a.area.unwrap() < MIN_AREA {
                 continue;
             }
-            let shape = parse_segmentation(&a["segmentation"]).unwrap().unwrap();
+            let shape = Shape::from(a.segmentation().unwrap().unwrap());
             objects.push(shape.rasterize(w, h).unwrap());
         }
         if objects.len() >= 2 {
-            let file = im["file_name"].as_str().unwrap().to_string();
             out.push(Scene {
-                file,
+                file: im.file_name.clone(),
                 w,
                 h,
                 objects,

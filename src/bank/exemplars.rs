@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::coco::{self, Segmentation};
 use crate::error::Error;
 use crate::post::poly::{mask_from_runs, polygons_mask};
-use crate::post::rle::string_to_runs;
 use crate::post::BinaryMask;
 use crate::prompt::file::Scribble;
 use crate::prompt::raster::rasterize;
@@ -170,103 +170,24 @@ impl Shape {
 
 type Parsed = (Vec<(u32, String)>, Vec<ExemplarImage>);
 
-#[derive(Deserialize)]
-struct CocoDoc {
-    images: Vec<CocoImage>,
-    #[serde(default)]
-    annotations: Vec<CocoAnn>,
-    categories: Vec<CocoCategory>,
-}
-
-#[derive(Deserialize)]
-struct CocoImage {
-    id: u64,
-    file_name: String,
-    #[serde(default)]
-    width: Option<u32>,
-    #[serde(default)]
-    height: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct CocoCategory {
-    id: u32,
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct CocoAnn {
-    #[serde(default)]
-    id: Option<u64>,
-    image_id: u64,
-    category_id: u32,
-    #[serde(default)]
-    segmentation: Option<serde_json::Value>,
-    #[serde(default)]
-    bbox: Option<[f64; 4]>,
-    #[serde(default)]
-    iscrowd: u8,
-}
-
-/// A COCO `segmentation` value: polygons, compressed RLE or uncompressed RLE.
-pub fn parse_segmentation(v: &serde_json::Value) -> Result<Option<Shape>, String> {
-    match v {
-        serde_json::Value::Array(polys) => {
-            if polys.is_empty() {
-                return Ok(None);
-            }
-            let mut out = Vec::new();
-            for p in polys {
-                let coords: Vec<f64> = serde_json::from_value(p.clone())
-                    .map_err(|_| "a polygon must be a list of numbers".to_string())?;
-                if coords.len() < 6
-                    || coords.len() % 2 != 0
-                    || coords.iter().any(|c| !c.is_finite())
-                {
-                    return Err(format!(
-                        "a polygon needs an even number (at least 6) of finite coordinates, got {}",
-                        coords.len()
-                    ));
-                }
-                out.push(coords);
-            }
-            Ok(Some(Shape::Polygons(out)))
+impl From<Segmentation> for Shape {
+    fn from(s: Segmentation) -> Self {
+        match s {
+            Segmentation::Polygons(p) => Shape::Polygons(p),
+            Segmentation::Runs(runs, size) => Shape::Runs(runs, size),
         }
-        serde_json::Value::Object(o) => {
-            let size: [u32; 2] = o
-                .get("size")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .ok_or("an RLE needs `size: [height, width]`")?;
-            let runs = match o.get("counts") {
-                Some(serde_json::Value::String(s)) => {
-                    string_to_runs(s).ok_or("the RLE `counts` string is not valid")?
-                }
-                Some(serde_json::Value::Array(_)) => serde_json::from_value(o["counts"].clone())
-                    .map_err(|_| {
-                        "uncompressed RLE `counts` must be non-negative integers".to_string()
-                    })?,
-                _ => return Err("an RLE needs `counts`".into()),
-            };
-            let total: u64 = runs.iter().map(|&r: &u32| r as u64).sum();
-            if total != size[0] as u64 * size[1] as u64 {
-                return Err(format!(
-                    "the RLE covers {total} pixels but its size is {}x{}",
-                    size[1], size[0]
-                ));
-            }
-            Ok(Some(Shape::Runs(runs, size)))
-        }
-        serde_json::Value::Null => Ok(None),
-        _ => Err("`segmentation` must be polygons or an RLE object".into()),
     }
 }
 
 fn parse_coco(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
-    let doc: CocoDoc =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a COCO instances JSON ({e})"))?;
-    let names: BTreeMap<u32, String> = doc.categories.into_iter().map(|c| (c.id, c.name)).collect();
+    let doc = coco::Document::from_slice(bytes)?;
+    let names: BTreeMap<u32, String> = doc
+        .categories()?
+        .iter()
+        .map(|c| (c.id, c.name.clone()))
+        .collect();
     let mut by_image: BTreeMap<u64, Vec<ExemplarObject>> = BTreeMap::new();
-    for (k, a) in doc.annotations.iter().enumerate() {
+    for (k, a) in doc.annotations.iter().flatten().enumerate() {
         let origin = format!("annotation {}", a.id.unwrap_or(k as u64 + 1));
         if a.iscrowd != 0 {
             continue;
@@ -277,12 +198,9 @@ fn parse_coco(bytes: &[u8], base: &Path) -> Result<Parsed, String> {
                 a.category_id
             ));
         }
-        let seg = match &a.segmentation {
-            Some(v) => parse_segmentation(v).map_err(|e| format!("{origin}: {e}"))?,
-            None => None,
-        };
+        let seg = a.segmentation().map_err(|e| format!("{origin}: {e}"))?;
         let shape = match (seg, a.bbox) {
-            (Some(s), _) => s,
+            (Some(s), _) => s.into(),
             (None, Some(b)) if b.iter().all(|v| v.is_finite()) && b[2] > 0.0 && b[3] > 0.0 => {
                 Shape::Box([b[0], b[1], b[0] + b[2], b[1] + b[3]])
             }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::bank::exemplars::{parse_segmentation, Shape};
+use crate::coco::{self, Segmentation};
 use crate::error::Error;
 use crate::post::poly::polygons_mask;
 use crate::post::rle::runs;
@@ -101,25 +101,19 @@ fn recall_thresholds() -> Vec<f64> {
     r
 }
 
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
-    let err = |msg: String| Error::Prompt {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| err(format!("not JSON: {e}")))
-}
+/// Largest ground-truth image scored, in pixels (as `runtime.max_frame_pixels`' default): each of its
+/// polygons is drawn on a mask of this size.
+pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
 
-fn region(shape: Shape, w: u32, h: u32) -> Result<Region, String> {
-    let runs = match shape {
-        Shape::Runs(r, [rh, rw]) => {
+fn region(seg: Segmentation, w: u32, h: u32) -> Result<Region, String> {
+    let runs = match seg {
+        Segmentation::Runs(r, [rh, rw]) => {
             if (rw, rh) != (w, h) {
                 return Err(format!("RLE size {rw}x{rh} is not the image's {w}x{h}"));
             }
             r
         }
-        Shape::Polygons(p) => runs(&polygons_mask(&p, w, h)),
-        _ => return Err("unsupported segmentation".into()),
+        Segmentation::Polygons(p) => runs(&polygons_mask(&p, w, h)),
     };
     let area = runs.iter().skip(1).step_by(2).map(|&r| r as u64).sum();
     Ok(Region { runs, area })
@@ -266,10 +260,21 @@ fn precision_curve(evals: &[ImageEval], t: usize, recalls: &[f64]) -> Option<Vec
     )
 }
 
-/// Scores `pred` against `gt`.
+/// Scores the predictions in the file `pred` against the ground truth in the file `gt`.
 pub fn evaluate(
     pred: &Path,
     gt: &Path,
+    categories: &Categories,
+    images: Images,
+) -> Result<CocoReport, Error> {
+    let (p, g) = (coco::read(pred)?, coco::read(gt)?);
+    evaluate_json((&p, pred), (&g, gt), categories, images)
+}
+
+/// Scores predictions against ground truth, each given as its bytes and the file name its errors give.
+pub fn evaluate_json(
+    (p, pred): (&[u8], &Path),
+    (g, gt): (&[u8], &Path),
     categories: &Categories,
     images: Images,
 ) -> Result<CocoReport, Error> {
@@ -281,86 +286,62 @@ pub fn evaluate(
         path: pred.to_path_buf(),
         msg,
     };
-    let g = read_json(gt)?;
-    let p = read_json(pred)?;
+    let g = coco::Document::from_slice(g).map_err(gerr)?;
+    let p = coco::Predictions::from_slice(p).map_err(perr)?;
 
     // Ground truth images and categories.
     let mut sizes: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
-    let mut by_file: HashMap<String, u64> = HashMap::new();
-    for im in g["images"]
-        .as_array()
-        .ok_or_else(|| gerr("no `images` list; not a COCO instances JSON".into()))?
-    {
-        let id = im["id"]
-            .as_u64()
-            .ok_or_else(|| gerr("an image without `id`".into()))?;
-        let w = im["width"].as_u64().unwrap_or(0) as u32;
-        let h = im["height"].as_u64().unwrap_or(0) as u32;
-        if w == 0 || h == 0 {
-            return Err(gerr(format!("image {id} has no width/height")));
+    let mut by_file: HashMap<&str, u64> = HashMap::new();
+    for im in &g.images {
+        let (w, h) = im.size().map_err(gerr)?;
+        if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+            return Err(gerr(format!(
+                "image {} is {w}x{h}, over the {MAX_IMAGE_PIXELS} pixels scored",
+                im.id
+            )));
         }
-        sizes.insert(id, (w, h));
-        if let Some(f) = im["file_name"].as_str() {
-            by_file.insert(f.to_string(), id);
-        }
+        sizes.insert(im.id, (w, h));
+        by_file.insert(&im.file_name, im.id);
     }
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    for c in g["categories"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(name)) = (c["id"].as_u64(), c["name"].as_str()) {
-            names.insert(id as u32, name.to_string());
-        }
-    }
+    let names: BTreeMap<u32, String> = g
+        .categories
+        .iter()
+        .flatten()
+        .map(|c| (c.id, c.name.clone()))
+        .collect();
 
-    // Predictions: a document (images by file name) or a results list (ground-truth image ids).
-    let (pred_anns, pred_images, pred_cats): (Vec<serde_json::Value>, Option<Vec<u64>>, Vec<u32>) =
+    // Predictions: a document (images by file name) or a results list (ground-truth image ids), as
+    // annotations on ground-truth image ids (`None`: an image the ground truth does not hold).
+    let (pred_anns, pred_images, pred_cats): (Vec<(Option<u64>, &coco::Annotation)>, _, Vec<u32>) =
         match &p {
-            serde_json::Value::Array(a) => (a.clone(), None, vec![]),
-            serde_json::Value::Object(o) => {
+            coco::Predictions::Results(a) => (
+                a.iter().map(|a| (Some(a.image_id), a)).collect(),
+                None,
+                vec![],
+            ),
+            coco::Predictions::Document(d) => {
                 let mut map: HashMap<u64, u64> = HashMap::new();
                 let mut listed = Vec::new();
-                for im in o
-                    .get("images")
-                    .and_then(|v| v.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    let (Some(id), Some(f)) = (im["id"].as_u64(), im["file_name"].as_str()) else {
-                        continue;
-                    };
-                    let Some(&gid) = by_file.get(f) else {
+                for im in &d.images {
+                    let Some(&gid) = by_file.get(im.file_name.as_str()) else {
                         return Err(perr(format!(
-                            "image {f} is not in the ground truth {}",
+                            "image {} is not in the ground truth {}",
+                            im.file_name,
                             gt.display()
                         )));
                     };
-                    map.insert(id, gid);
+                    map.insert(im.id, gid);
                     listed.push(gid);
                 }
-                let anns = o
-                    .get("annotations")
-                    .and_then(|v| v.as_array())
-                    .ok_or_else(|| perr("no `annotations` list".into()))?
+                let anns = d
+                    .annotations()
+                    .map_err(perr)?
                     .iter()
-                    .map(|a| {
-                        let mut a = a.clone();
-                        let id = a["image_id"].as_u64().unwrap_or(0);
-                        a["image_id"] = match map.get(&id) {
-                            Some(&g) => g.into(),
-                            None => serde_json::Value::Null,
-                        };
-                        a
-                    })
+                    .map(|a| (map.get(&a.image_id).copied(), a))
                     .collect();
-                let cats = o
-                    .get("categories")
-                    .and_then(|v| v.as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["id"].as_u64().map(|i| i as u32))
-                    .collect();
+                let cats = d.categories.iter().flatten().map(|c| c.id).collect();
                 (anns, Some(listed), cats)
             }
-            _ => return Err(perr("neither a COCO document nor a results list".into())),
         };
 
     let img_ids: Vec<u64> = match (images, &pred_images) {
@@ -371,10 +352,7 @@ pub fn evaluate(
             v
         }
         (Images::Pred, None) => {
-            let mut v: Vec<u64> = pred_anns
-                .iter()
-                .filter_map(|a| a["image_id"].as_u64())
-                .collect();
+            let mut v: Vec<u64> = pred_anns.iter().filter_map(|a| a.0).collect();
             v.sort_unstable();
             v.dedup();
             v
@@ -397,42 +375,31 @@ pub fn evaluate(
     let wanted_cat: std::collections::HashSet<u32> = cat_ids.iter().copied().collect();
 
     let mut gts: HashMap<(u64, u32), Vec<Gt>> = HashMap::new();
-    for (k, a) in g["annotations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let (Some(img), Some(cat)) = (a["image_id"].as_u64(), a["category_id"].as_u64()) else {
-            return Err(gerr(format!(
-                "annotation {k} lacks image_id or category_id"
-            )));
-        };
-        let cat = cat as u32;
+    for (k, a) in g.annotations.iter().flatten().enumerate() {
+        let (img, cat) = (a.image_id, a.category_id);
         if !wanted_img.contains(&img) || !wanted_cat.contains(&cat) {
             continue;
         }
         let &(w, h) = sizes
             .get(&img)
             .ok_or_else(|| gerr(format!("annotation {k}: image {img} is not listed")))?;
-        let shape = parse_segmentation(&a["segmentation"])
+        let seg = a
+            .segmentation()
             .map_err(|e| gerr(format!("annotation {k}: {e}")))?
             .ok_or_else(|| gerr(format!("annotation {k} has no segmentation")))?;
-        let region = region(shape, w, h).map_err(|e| gerr(format!("annotation {k}: {e}")))?;
-        let crowd = a["iscrowd"].as_u64().unwrap_or(0) != 0;
-        gts.entry((img, cat))
-            .or_default()
-            .push(Gt { region, crowd });
+        let region = region(seg, w, h).map_err(|e| gerr(format!("annotation {k}: {e}")))?;
+        gts.entry((img, cat)).or_default().push(Gt {
+            region,
+            crowd: a.iscrowd != 0,
+        });
     }
     let mut dets: HashMap<(u64, u32), Vec<Det>> = HashMap::new();
     let mut detections = 0usize;
-    for (k, a) in pred_anns.iter().enumerate() {
-        let Some(img) = a["image_id"].as_u64() else {
+    for (k, &(img, a)) in pred_anns.iter().enumerate() {
+        let Some(img) = img else {
             continue; // an image the ground truth does not hold (documents only)
         };
-        let Some(cat) = a["category_id"].as_u64().map(|c| c as u32) else {
-            return Err(perr(format!("result {k} has no category_id")));
-        };
+        let cat = a.category_id;
         if !wanted_img.contains(&img) || !wanted_cat.contains(&cat) {
             continue;
         }
@@ -441,13 +408,14 @@ pub fn evaluate(
                 "result {k}: image_id {img} is not in the ground truth"
             ))
         })?;
-        let score = a["score"]
-            .as_f64()
+        let score = a
+            .score
             .ok_or_else(|| perr(format!("result {k} has no score")))?;
-        let shape = parse_segmentation(&a["segmentation"])
+        let seg = a
+            .segmentation()
             .map_err(|e| perr(format!("result {k}: {e}")))?
             .ok_or_else(|| perr(format!("result {k} has no segmentation")))?;
-        let region = region(shape, w, h).map_err(|e| perr(format!("result {k}: {e}")))?;
+        let region = region(seg, w, h).map_err(|e| perr(format!("result {k}: {e}")))?;
         dets.entry((img, cat))
             .or_default()
             .push(Det { region, score });

@@ -5,12 +5,12 @@
 //! mask is scored by IoU against the instance. The filled box is the baseline. Reading COCO segmentations is `bank::exemplars`; masks are `post/`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::coco::read_json;
-use crate::bank::exemplars::{parse_segmentation, Shape};
+use crate::bank::exemplars::Shape;
+use crate::coco;
 use crate::decode::reference::reference_mask;
 use crate::error::{Error, Result};
 use crate::model::{Model, Preprocessor, QueryInput};
@@ -101,59 +101,58 @@ struct EvalImage {
     height: u32,
 }
 
+/// The ground truth a prompt evaluation reads: the split's images in file name order, and each image's
+/// annotations that are not crowd regions (with their index in the file, for messages).
+pub struct GroundTruth {
+    images: Vec<EvalImage>,
+    anns: BTreeMap<u64, Vec<(usize, coco::Annotation)>>,
+}
+
+impl GroundTruth {
+    /// Reads a COCO instances JSON from its bytes (`path` is the name errors give) and keeps `split`.
+    pub fn parse(bytes: &[u8], path: &Path, split: Split) -> Result<Self> {
+        let gerr = |msg: String| Error::Prompt {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let doc = coco::Document::from_slice(bytes).map_err(gerr)?;
+        let mut images: Vec<EvalImage> = Vec::new();
+        for im in &doc.images {
+            let (width, height) = im
+                .size()
+                .map_err(|e| gerr(format!("{e} ({})", im.file_name)))?;
+            images.push(EvalImage {
+                id: im.id,
+                file: im.file_name.clone(),
+                width,
+                height,
+            });
+        }
+        images.sort_by(|a, b| a.file.cmp(&b.file));
+        let half = images.len() / 2;
+        let images: Vec<EvalImage> = match split {
+            Split::All => images,
+            Split::Pool => images.into_iter().take(half).collect(),
+            Split::Eval => images.into_iter().skip(half).collect(),
+        };
+        let mut anns: BTreeMap<u64, Vec<(usize, coco::Annotation)>> = BTreeMap::new();
+        for (k, a) in doc.annotations.into_iter().flatten().enumerate() {
+            if a.iscrowd == 0 {
+                anns.entry(a.image_id).or_default().push((k, a));
+            }
+        }
+        Ok(GroundTruth { images, anns })
+    }
+}
+
 /// Runs the evaluation; errors name the COCO file or the image.
 pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport> {
     let gerr = |msg: String| Error::Prompt {
         path: opts.gt.clone(),
         msg,
     };
-    let doc = read_json(&opts.gt)?;
-    let mut images: Vec<EvalImage> = Vec::new();
-    for im in doc["images"]
-        .as_array()
-        .ok_or_else(|| gerr("no `images` list; not a COCO instances JSON".into()))?
-    {
-        let (Some(id), Some(file)) = (im["id"].as_u64(), im["file_name"].as_str()) else {
-            return Err(gerr("an image without `id` or `file_name`".into()));
-        };
-        let (w, h) = (
-            im["width"].as_u64().unwrap_or(0),
-            im["height"].as_u64().unwrap_or(0),
-        );
-        if w == 0 || h == 0 || w > u32::MAX as u64 || h > u32::MAX as u64 {
-            return Err(gerr(format!(
-                "image {id} ({file}) has no valid width/height"
-            )));
-        }
-        images.push(EvalImage {
-            id,
-            file: file.to_string(),
-            width: w as u32,
-            height: h as u32,
-        });
-    }
-    images.sort_by(|a, b| a.file.cmp(&b.file));
-    let half = images.len() / 2;
-    let images: Vec<EvalImage> = match opts.split {
-        Split::All => images,
-        Split::Pool => images.into_iter().take(half).collect(),
-        Split::Eval => images.into_iter().skip(half).collect(),
-    };
-    let mut anns: BTreeMap<u64, Vec<(usize, &serde_json::Value)>> = BTreeMap::new();
-    for (k, a) in doc["annotations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let Some(img) = a["image_id"].as_u64() else {
-            return Err(gerr(format!("annotation {k} has no image_id")));
-        };
-        if a["iscrowd"].as_u64().unwrap_or(0) == 0 {
-            anns.entry(img).or_default().push((k, a));
-        }
-    }
-
+    let GroundTruth { images, anns } =
+        GroundTruth::parse(&coco::read(&opts.gt)?, &opts.gt, opts.split)?;
     let (present, missing): (Vec<&EvalImage>, Vec<&EvalImage>) = images
         .iter()
         .partition(|im| opts.images.join(&im.file).is_file());
@@ -192,9 +191,11 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
         }
         // The instances that take part, before the image is encoded.
         let mut gts = Vec::new();
-        for &(k, a) in anns.get(&im.id).map(Vec::as_slice).unwrap_or(&[]) {
-            let Some(shape) = parse_segmentation(&a["segmentation"])
+        for (k, a) in anns.get(&im.id).map(Vec::as_slice).unwrap_or(&[]) {
+            let Some(shape) = a
+                .segmentation()
                 .map_err(|e| gerr(format!("annotation {k}: {e}")))?
+                .map(Shape::from)
             else {
                 continue;
             };
@@ -212,9 +213,9 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
             };
             let Some(b) = gt.bbox_xyxy() else { continue };
             // The size filter reads the annotation's `bbox` (`[x, y, w, h]`), else the mask's box.
-            let (bw, bh) = match a["bbox"].as_array().map(|v| v.as_slice()) {
-                Some([_, _, w, h]) => (w.as_f64().unwrap_or(0.0), h.as_f64().unwrap_or(0.0)),
-                _ => ((b[2] - b[0]) as f64, (b[3] - b[1]) as f64),
+            let (bw, bh) = match a.bbox {
+                Some([_, _, w, h]) => (w, h),
+                None => ((b[2] - b[0]) as f64, (b[3] - b[1]) as f64),
             };
             let min = opts.min_size as f64;
             if bw >= min && bh >= min {
