@@ -11,7 +11,9 @@ pub mod cli;
 pub mod coco;
 pub mod decode;
 pub mod error;
-pub(crate) mod eval;
+#[doc(hidden)]
+/// Evaluation against ground truth (the CLI's `eval`; public for the fuzz tests, not part of the API).
+pub mod eval;
 pub mod model;
 pub mod pipeline;
 pub mod post;

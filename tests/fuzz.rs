@@ -1,12 +1,12 @@
 //! Bounded mutation fuzzing of every parser that reads user bytes: the pipeline YAML (and `--set`), the
-//! prompt file, `model.yaml`, label PNGs (prompt masks), frame images, exemplars, prompt banks and
-//! resume manifests. The property: a parser returns
+//! prompt file, `model.yaml`, label PNGs (prompt masks), frame images, exemplars, prompt banks, resume
+//! manifests, the shards `vprompt merge` joins and the COCO files `vprompt eval` reads. The property: a parser returns
 //! `Ok` or an error that names the file, and never panics (nor takes seconds on a small input).
 //!
 //! No cargo-fuzz (it needs nightly): each target replays its seed corpus in `tests/fuzz/corpus/<target>/`,
 //! then mutates it (bit flips, interesting bytes, splices, dictionary tokens; PNG checksums re-computed so
 //! that mutations reach past the CRC check) for `VPROMPT_FUZZ_SECS` seconds per target: 60 when `CI` is
-//! set, 3 otherwise. Inputs that give a new kind of answer join the in-memory corpus. Targets share the
+//! set, 3 otherwise. The mutations follow `VPROMPT_FUZZ_SEED`: fixed when `CI` is set, drawn otherwise. Inputs that give a new kind of answer join the in-memory corpus. Targets share the
 //! cores, so the wall time is about (targets x seconds) / cores. A failing input is saved under
 //! `target/fuzz-failures/` with the seed to replay the run (`VPROMPT_FUZZ_SEED`); once fixed, copy the
 //! input into the target's corpus folder so that it stays a regression test.
@@ -63,7 +63,41 @@ const TARGETS: &[Target] = &[
     ),
     target("bank", "fuzz/bank.json", bank, JSON, false),
     target("manifest", "fuzz/manifest.jsonl", manifest, JSON, false),
+    target("merge", "fuzz/shard.json", merge, JSON, false),
+    target("eval_gt", "fuzz/gt.json", eval_gt, JSON, false),
+    target("eval_pred", "fuzz/pred.json", eval_pred, JSON, false),
+    target("prompts_gt", "fuzz/gt.json", prompts_gt, JSON, false),
 ];
+
+/// A shard's COCO file, read as `vprompt merge` reads it.
+fn merge(data: &[u8]) -> Result<(), vprompt::Error> {
+    vprompt::sink::coco::read_shard(data, Path::new("fuzz/shard.json")).map(drop)
+}
+
+/// Ground truth of `vprompt eval coco`, scored against no predictions: every annotation is read and
+/// drawn on its image.
+fn eval_gt(data: &[u8]) -> Result<(), vprompt::Error> {
+    use vprompt::eval::coco::{evaluate_json, Categories, Images};
+    let pred = (&b"[]"[..], Path::new("pred.json"));
+    let gt = (data, Path::new("fuzz/gt.json"));
+    evaluate_json(pred, gt, &Categories::All, Images::All).map(drop)
+}
+
+/// Predictions of `vprompt eval coco` (a document or a results list), scored against the `eval_gt`
+/// seed.
+fn eval_pred(data: &[u8]) -> Result<(), vprompt::Error> {
+    use vprompt::eval::coco::{evaluate_json, Categories, Images};
+    const GT: &[u8] = include_bytes!("fuzz/corpus/eval_gt/gt.json");
+    let pred = (data, Path::new("fuzz/pred.json"));
+    let gt = (GT, Path::new("gt.json"));
+    evaluate_json(pred, gt, &Categories::All, Images::Pred).map(drop)
+}
+
+/// Ground truth of `vprompt eval prompts`, read (the model's part needs images and a model).
+fn prompts_gt(data: &[u8]) -> Result<(), vprompt::Error> {
+    use vprompt::eval::prompts::{GroundTruth, Split};
+    GroundTruth::parse(data, Path::new("fuzz/gt.json"), Split::Eval).map(drop)
+}
 
 /// A resume manifest (`manifest.jsonl`), read as a resumed autolabel or find run reads it; its header
 /// must be this one (the seed's first line), so that mutations reach the image records.
@@ -290,6 +324,11 @@ const JSON: &[&str] = &[
     "\"file_name\"",
     "\"width\"",
     "\"height\"",
+    "\"area\"",
+    "\"score\"",
+    "\"name\"",
+    "\"frame_index\"",
+    "\"info\"",
     "1e308",
     "-1",
     "0",
@@ -325,22 +364,66 @@ const PNG: &[&str] = &[
     "Adobe",
 ];
 
+/// The seed when `CI` is set and `VPROMPT_FUZZ_SEED` is not (`.ci/run` sets the same one).
+const CI_SEED: u64 = 20_261_203;
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The targets whose every seed must read without error, so that mutations start from inputs that
+/// reach the end of the parser rather than its first check (other targets' seeds may be errors on
+/// purpose, or need files beside them).
+const SEEDS_READ: &[&str] = &[
+    "exemplars_json",
+    "bank",
+    "manifest",
+    "merge",
+    "eval_gt",
+    "eval_pred",
+    "prompts_gt",
+];
+
+#[test]
+fn the_json_seeds_read() {
+    for t in TARGETS.iter().filter(|t| SEEDS_READ.contains(&t.name)) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/corpus")
+            .join(t.name);
+        let seeds: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!seeds.is_empty(), "{}: no seed", dir.display());
+        for s in seeds {
+            if let Err(e) = (t.run)(&std::fs::read(&s).unwrap()) {
+                panic!(
+                    "fuzz target {}: the seed {} fails: {e}",
+                    t.name,
+                    s.display()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn every_parser_survives_mutated_input() {
     let secs: f64 = match std::env::var("VPROMPT_FUZZ_SECS") {
         Ok(v) => v.parse().expect("VPROMPT_FUZZ_SECS is a number of seconds"),
-        Err(_) if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") => 60.0,
+        Err(_) if in_ci() => 60.0,
         Err(_) => 3.0,
     };
-    let seed: u64 = std::env::var("VPROMPT_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    // CI replays one fixed seed (a failure there repeats on a developer's machine); elsewhere each run
+    // draws a new one. Either way it is printed, and named by every failure.
+    let seed: u64 = match std::env::var("VPROMPT_FUZZ_SEED") {
+        Ok(v) => v.parse().expect("VPROMPT_FUZZ_SEED is a whole number"),
+        Err(_) if in_ci() => CI_SEED,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
