@@ -155,40 +155,32 @@ fn sigterm_stops_cleanly_with_every_file_valid() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(out.join("r.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if lines >= 30 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run did not start"
-        );
+    // Ready when 30 frames are written, and the run still going.
+    wait_until("30 frames written", Duration::from_secs(120), || {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before the signal"
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (line_count(&out.join("r.jsonl")) >= 30).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    });
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if stopped.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("no clean stop within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_until(
+        "a clean stop after SIGTERM",
+        Duration::from_secs(60),
+        || child.try_wait().unwrap(),
+    )
+    .unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    });
     let mut err = String::new();
     child
         .stderr
@@ -373,34 +365,44 @@ fn sigterm_ends_a_run_waiting_on_a_silent_stream() {
         .unwrap();
     // The first half is read, then the source waits on a connection that sends nothing.
     let out = tmp.path().join("out");
-    let started = Instant::now();
-    while std::fs::read_to_string(out.join("r.jsonl"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 5
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no frame was written"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let lines = out.join("r.jsonl");
+    let fail = |child: &mut std::process::Child, e: String| -> ! {
+        let _ = child.kill();
+        panic!("{e}")
+    };
+    if let Err(e) = wait_until("5 frames written", Duration::from_secs(60), || {
+        (line_count(&lines) >= 5).then_some(())
+    }) {
+        fail(&mut child, e);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Ready when what was sent is written and the run waits: no new line for 300 ms in a row.
+    let mut last = (line_count(&lines), Instant::now());
+    if let Err(e) = wait_until(
+        "the output to stop growing",
+        Duration::from_secs(60),
+        || {
+            let n = line_count(&lines);
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            (last.1.elapsed() >= Duration::from_millis(300)).then_some(())
+        },
+    ) {
+        fail(&mut child, e);
+    }
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
     let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if stopped.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("SIGTERM did not end a run blocked on a silent stream");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let status = match wait_until(
+        "the end of a run blocked on a silent stream after SIGTERM",
+        Duration::from_secs(20),
+        || child.try_wait().unwrap(),
+    ) {
+        Ok(s) => s,
+        Err(e) => fail(&mut child, e),
     };
     let mut err = String::new();
     child

@@ -43,7 +43,15 @@ fn a_live_http_stream_is_propagated_with_bounded_latency() {
         .stdout(Stdio::null())
         .spawn()
         .expect("ffmpeg runs");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ready when ffmpeg listens (it takes one client, so the probe does not connect).
+    if let Err(e) = wait_until(
+        "ffmpeg listening on the stream's port",
+        Duration::from_secs(20),
+        || port_listening(port).then_some(()),
+    ) {
+        let _ = server.kill();
+        panic!("{e}");
+    }
     write(
         tmp.path(),
         "prompts.yaml",

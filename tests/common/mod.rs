@@ -262,3 +262,48 @@ pub fn ffprobe(path: &Path) -> (u64, u32, u32) {
         v[1].parse().unwrap(),
     )
 }
+
+/// A readiness probe: asks `probe` every 20 ms until it gives a value, and returns it; after `limit`
+/// the error says what did not happen in time (the caller cleans up, then fails with it).
+pub fn wait_until<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if started.elapsed() > limit {
+            return Err(format!("{what}: not within {limit:?}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether a TCP socket listens on `127.0.0.1:port` (or on every address), read from `/proc/net/tcp`
+/// without connecting (a server that takes one client would take the probe for it).
+pub fn port_listening(port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local address `0100007F:1F90` (hex, little-endian IP), state `0A` = LISTEN
+        f.len() > 3
+            && f[3] == "0A"
+            && [
+                format!("0100007F:{port:04X}"),
+                format!("00000000:{port:04X}"),
+            ]
+            .contains(&f[1].to_string())
+    })
+}
+
+/// Lines of the text file at `path` (0 while it does not exist).
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
