@@ -787,3 +787,60 @@ pub(crate) fn default_model() -> Result<PathBuf> {
     }
     anyhow::bail!("no --model given and the shipped model models/vprompt-lite0 was not found; pass --model DIR")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_files_keep_awkward_strings_and_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Strings that plain YAML would read as something else, or cut short.
+        let awkward = [
+            "yes",
+            "1.5",
+            "null",
+            "a: b",
+            "# not a comment",
+            "~",
+            "[x]",
+            "*.jpg",
+        ];
+        for (k, s) in awkward.iter().enumerate() {
+            let images = dir.path().join(s);
+            let pipeline = yaml_map([
+                ("source", yaml_map([("images", yaml_path(&images))])),
+                ("model", (*s).into()),
+                ("bank", "b.json".into()),
+                (
+                    "job",
+                    yaml_map([
+                        ("kind", "autolabel".into()),
+                        ("score_threshold", yaml_f32(0.3)),
+                    ]),
+                ),
+                (
+                    "sinks",
+                    Value::Sequence(vec![yaml_map([
+                        ("kind", "jsonl".into()),
+                        ("path", "r.jsonl".into()),
+                    ])]),
+                ),
+                ("runtime", yaml_map([("device", "cuda:0".into())])),
+            ]);
+            let path = dir.path().join(format!("p{k}.yaml"));
+            let spec = write_pipeline(&pipeline, &path).unwrap();
+            assert_eq!(
+                spec.source.images.as_deref(),
+                Some(images.to_str().unwrap()),
+                "{s}"
+            );
+            assert_eq!(spec.model, dir.path().join(s), "{s}");
+            assert_eq!(spec.job.score_threshold, 0.3);
+            assert_eq!(spec.runtime.device, "cuda:0");
+            // The f32 is written as the number it says, not its f64 widening.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains("score_threshold: 0.3\n"), "{text}");
+        }
+    }
+}
