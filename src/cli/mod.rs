@@ -114,6 +114,10 @@ enum Command {
         /// alone) or `decoder` (referring alone).
         #[arg(long, default_value = "fused", value_parser = ["decoder", "target", "rerank", "fused"])]
         target: String,
+        /// Fuse a space-time memory readout with the mode's mask at this weight, 0..=1 (default: the
+        /// job's, `target.readout.weight`).
+        #[arg(long, value_name = "WEIGHT")]
+        readout: Option<f32>,
         /// Skip the overlay video.
         #[arg(long)]
         no_video: bool,
@@ -350,6 +354,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             device,
             workers,
             target,
+            readout,
             no_video,
             quiet,
         } => {
@@ -440,7 +445,13 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     "job",
                     yaml_map([
                         ("kind", "propagate".into()),
-                        ("target", yaml_map([("mode", target.into())])),
+                        ("target", {
+                            let mut t = yaml_map([("mode", target.into())]);
+                            if let (Some(w), Value::Mapping(m)) = (readout, &mut t) {
+                                m.insert("readout".into(), yaml_map([("weight", w.into())]));
+                            }
+                            t
+                        }),
                     ]),
                 ),
                 ("sinks", Value::Sequence(sinks)),

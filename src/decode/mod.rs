@@ -5,6 +5,7 @@
 pub mod focus;
 pub mod generic;
 pub mod proposals;
+pub mod readout;
 pub mod reference;
 pub mod referring;
 pub mod target;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
+use super::readout::Readout;
 use super::reference::reference_mask;
 use super::referring::{candidates, dot, rank};
 use super::target::{augmented_frames, augmented_masks, TargetModel, View};
@@ -92,6 +93,8 @@ pub struct Tracker {
     pre: Preprocessor,
     /// Per object its mask on the previous frame, on the feature grid (for `target.previous`).
     previous: BTreeMap<u8, Vec<bool>>,
+    /// Per object its readout memory (with `target.readout.weight` > 0).
+    readouts: BTreeMap<u8, Readout>,
     /// The source index of the last frame stepped.
     last: Option<u64>,
 }
@@ -108,6 +111,7 @@ impl Tracker {
             memories: BTreeMap::new(),
             targets: BTreeMap::new(),
             previous: BTreeMap::new(),
+            readouts: BTreeMap::new(),
             last: None,
         }
     }
@@ -168,6 +172,7 @@ impl Tracker {
             self.memories.remove(&o.id);
             self.targets.remove(&o.id);
             self.previous.remove(&o.id);
+            self.readouts.remove(&o.id);
         }
         // Objects starting here, or corrected here (re-anchored: a new memory pinned on the correction,
         // the target model refitted): their reference masks (the given mask, the decoded prompt, or with
@@ -228,6 +233,8 @@ impl Tracker {
         let mut found: Vec<Found> = Vec::new();
         // (object, model-input mask) of the predictions the target models learn from.
         let mut learn: Vec<(u8, Vec<f32>)> = Vec::new();
+        // (object, model-input mask or none when not found) of the outputs the readouts remember.
+        let mut read_back: Vec<(u8, Option<Vec<f32>>)> = Vec::new();
         for (&id, memory) in &self.memories {
             if let Some((m, pred_iou)) = given.get(&id) {
                 // A reference mask wins its pixels over any prediction.
@@ -281,6 +288,14 @@ impl Tracker {
                     self.first_fit(&order, &prompt, queries, mask_feat, lb, fuse.as_deref())
                 }
             };
+            let pick = match self.readouts.get(&id) {
+                Some(r) => {
+                    let fused = self.fuse_readout(r, pick, feats, lb)?;
+                    read_back.push((id, fused.as_ref().map(|p| input_mask(&p.2, lb))));
+                    fused
+                }
+                None => pick,
+            };
             match pick {
                 Some((fl, scores, il)) => {
                     let remember = scores.0 >= self.job.memory_min_score;
@@ -310,6 +325,19 @@ impl Tracker {
                     self.previous.remove(&id);
                     found.push((id, None, (0.0, 0.0), None));
                 }
+            }
+        }
+        for (id, m) in read_back {
+            if let Some(r) = self.readouts.get_mut(&id) {
+                let empty;
+                let m = match &m {
+                    Some(m) => m.as_slice(),
+                    None => {
+                        empty = vec![0.0f32; s2];
+                        &empty
+                    }
+                };
+                r.remember(feats, lb, m)?;
             }
         }
         for (id, m) in learn {
@@ -444,6 +472,16 @@ impl Tracker {
             let first_reference = !(add && self.memories.contains_key(&o.id));
             if self.job.target.mode != TargetMode::Decoder && first_reference {
                 self.fit_target(o.id, o.frame, &m, feats, lb, &input_mask, &aug)?;
+            }
+            let readout = self.job.target.readout;
+            if readout.weight > 0.0 {
+                match self.readouts.get_mut(&o.id) {
+                    Some(r) if !first_reference => r.pin(feats, lb, &input_mask)?,
+                    _ => {
+                        let r = Readout::new(readout, feats, lb, &input_mask)?;
+                        self.readouts.insert(o.id, r);
+                    }
+                }
             }
             masks.extend(input_mask);
         }
@@ -600,6 +638,45 @@ impl Tracker {
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.into_iter().map(|(q, _)| q).collect()
+    }
+
+    /// An object's pick fused with its readout: object where `weight x readout + (1 - weight) x pick's
+    /// mask > 0.5` (the pick's logits become that sum minus 0.5). The pick's scores are kept; with no
+    /// pick, the readout alone may find the object, scored by its mean probability inside the mask.
+    #[allow(clippy::type_complexity)]
+    fn fuse_readout(
+        &self,
+        readout: &Readout,
+        pick: Option<(Vec<f32>, (f32, f32), Vec<f32>)>,
+        feats: &Features,
+        lb: &Letterbox,
+    ) -> Result<Option<(Vec<f32>, (f32, f32), Vec<f32>)>> {
+        let w = self.job.target.readout.weight;
+        let plane = readout.read(feats, lb)?;
+        let (scores, il) = match pick {
+            Some((_, scores, il)) => (Some(scores), il),
+            None => (None, vec![f32::MIN; plane.len()]),
+        };
+        let fused: Vec<f32> = plane
+            .iter()
+            .zip(&il)
+            .map(|(&p, &l)| w * p + (1.0 - w) * (l > 0.0) as u8 as f32 - 0.5)
+            .collect();
+        let fl = frame_logits(&fused, lb);
+        let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
+        if area <= self.job.min_area {
+            return Ok(None);
+        }
+        let scores = scores.unwrap_or_else(|| {
+            let (sum, n) = plane
+                .iter()
+                .zip(&fused)
+                .filter(|(_, &f)| f > 0.0)
+                .fold((0.0f32, 0u32), |(s, n), (&p, _)| (s + p, n + 1));
+            let conf = if n > 0 { sum / n as f32 } else { 0.0 };
+            (conf, conf)
+        });
+        Ok(Some((fl, scores, fused)))
     }
 
     /// The first of `order` (tried up to `TRIES`) whose mask is larger than `min_area`: its frame logits,

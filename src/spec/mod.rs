@@ -328,6 +328,76 @@ pub struct TargetSpec {
     /// Learn online from the tracker's own output every this many frames (0: never).
     #[serde(default)]
     pub update_every: u64,
+    /// The space-time memory readout fused with the mask of any mode (`readout.weight: 0` turns it off).
+    #[serde(default)]
+    pub readout: ReadoutSpec,
+}
+
+/// The space-time memory readout of propagate: each feature-grid cell of a frame is compared with the
+/// cells near it on remembered frames (the reference, then the last `recent` outputs); its `top_k`
+/// affinities, softmaxed at `temperature`, average those cells' object shares into a probability, which
+/// is fused with the mode's mask: object where `weight x probability + (1 - weight) x mask > 0.5`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadoutSpec {
+    /// Weight of the readout beside the mode's binary mask, 0..=1 (0: off; 1: the readout alone).
+    #[serde(default = "default_readout_weight")]
+    pub weight: f32,
+    /// Which encoder grid is compared: `fine` (`mask_feat`, stride 4) or `coarse` (`feat8`, stride 8).
+    #[serde(default)]
+    pub features: ReadoutFeatures,
+    /// Output frames remembered beside the reference frame(s), the newest replacing the oldest.
+    #[serde(default = "default_readout_recent")]
+    pub recent: usize,
+    /// Half side of the square window of remembered cells a cell is compared with, in cells.
+    #[serde(default = "default_readout_radius")]
+    pub radius: usize,
+    /// How many of the best affinities vote (1..=64).
+    #[serde(default = "default_readout_top_k")]
+    pub top_k: usize,
+    /// Softmax temperature over the cosine affinities (> 0).
+    #[serde(default = "default_readout_temperature")]
+    pub temperature: f32,
+}
+
+impl Default for ReadoutSpec {
+    fn default() -> Self {
+        ReadoutSpec {
+            weight: default_readout_weight(),
+            features: ReadoutFeatures::default(),
+            recent: default_readout_recent(),
+            radius: default_readout_radius(),
+            top_k: default_readout_top_k(),
+            temperature: default_readout_temperature(),
+        }
+    }
+}
+
+fn default_readout_weight() -> f32 {
+    0.0
+}
+fn default_readout_recent() -> usize {
+    7
+}
+fn default_readout_radius() -> usize {
+    12
+}
+fn default_readout_top_k() -> usize {
+    10
+}
+fn default_readout_temperature() -> f32 {
+    0.05
+}
+
+/// The encoder grid the readout compares.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadoutFeatures {
+    /// `mask_feat`, the decoder's per-pixel features (stride 4).
+    #[default]
+    Fine,
+    /// `feat8`, the backbone's stride-8 features.
+    Coarse,
 }
 
 impl Default for TargetSpec {
@@ -340,6 +410,7 @@ impl Default for TargetSpec {
             weight: default_target_weight(),
             previous: 0.0,
             update_every: 0,
+            readout: ReadoutSpec::default(),
         }
     }
 }
@@ -829,6 +900,23 @@ impl PipelineSpec {
                 ));
             }
         }
+        let r = &t.readout;
+        if !(0.0..=1.0).contains(&r.weight) {
+            return Err(
+                "job.target.readout.weight: must be between 0 (off) and 1 (e.g. 0.7)".into(),
+            );
+        }
+        if !(r.temperature > 0.0 && r.temperature.is_finite()) {
+            return Err(
+                "job.target.readout.temperature: must be a positive number (e.g. 0.05)".into(),
+            );
+        }
+        if !(1..=64).contains(&r.top_k) || r.radius > 64 || r.recent > 64 {
+            return Err(
+                "job.target.readout: top_k must be 1..=64, radius and recent at most 64 (e.g. 10, 12, 7)"
+                    .into(),
+            );
+        }
         self.job.focus.check()?;
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
@@ -1083,5 +1171,20 @@ mod tests {
         let bad_sink = MIN.replace("kind: jsonl", "kind: gif");
         let e = PipelineSpec::parse(&bad_sink, Path::new("p.yaml"), &[]).unwrap_err();
         assert!(e.to_string().contains("unknown variant `gif`"), "{e}");
+        for (set, key) in [
+            ("job.target.readout.weight=1.5", "readout.weight"),
+            ("job.target.readout.temperature=0", "readout.temperature"),
+            ("job.target.readout.top_k=0", "top_k"),
+        ] {
+            let e = PipelineSpec::parse(MIN, Path::new("p.yaml"), &[set.into()]).unwrap_err();
+            assert!(e.to_string().contains(key), "{set}: {e}");
+        }
+        let ok = PipelineSpec::parse(
+            MIN,
+            Path::new("p.yaml"),
+            &["job.target.readout.weight=0.7".into()],
+        )
+        .unwrap();
+        assert_eq!(ok.job.target.readout.weight, 0.7);
     }
 }
