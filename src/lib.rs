@@ -15,6 +15,7 @@ pub mod error;
 /// Evaluation against ground truth (the CLI's `eval`; public for the fuzz tests, not part of the API).
 pub mod eval;
 pub mod model;
+pub mod palette;
 pub mod pipeline;
 pub mod post;
 pub mod prompt;

@@ -33,7 +33,7 @@ fn run(dir: &Path, name: &str, prompts: &str) -> Vec<Vec<u8>> {
     assert_eq!(files.len(), 12, "{files:?}");
     files
         .iter()
-        .map(|f| vprompt::sink::palette::read(f).unwrap().data)
+        .map(|f| vprompt::palette::read(f).unwrap().data)
         .collect()
 }
 

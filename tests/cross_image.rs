@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 #[test]
 fn an_object_on_a_reference_image_is_found_in_another_clip() {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 /// A tiny tmpfs mounted for one test, unmounted when dropped.
 struct SmallDisk {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::crc32;
 use vprompt::model::ModelSpec;
+use vprompt::palette;
 use vprompt::prompt::PromptFile;
-use vprompt::sink::palette;
 use vprompt::source::decode_rgb;
 use vprompt::PipelineSpec;
 

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 const SINKS: &str =
     "sinks:\n  - { kind: jsonl, path: out/r.jsonl }\n  - { kind: palette_png, dir: out/masks }\n";

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 fn demo_pipeline(dir: &Path) -> std::path::PathBuf {
     let root = root();

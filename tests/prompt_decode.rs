@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 /// Two frames of 128x128: a red square at (16..80, 32..96) and a green one at (88..120, 8..48) on blue.
 fn frames(dir: &Path) {

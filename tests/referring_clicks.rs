@@ -9,10 +9,10 @@ mod common;
 
 use common::*;
 use vprompt::bank::exemplars::Shape;
+use vprompt::palette::{self, Labels};
 use vprompt::post::distance::most_interior_pixel;
 use vprompt::post::BinaryMask;
 use vprompt::prompt::raster::object_pixels;
-use vprompt::sink::palette::{self, Labels};
 
 const MIN_AREA: f64 = 20_000.0;
 

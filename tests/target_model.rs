@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use vprompt::sink::palette;
+use vprompt::palette;
 
 fn iou_on_second_frame(out: &Path, gt: &Path) -> f64 {
     let pred = palette::read(&out.join("masks/00001.png")).unwrap();

@@ -672,7 +672,7 @@ fn validate_prompts(path: &Path) -> Result<i32> {
     for o in &file.objects {
         let mut what = Vec::new();
         if let Some(m) = &o.mask {
-            let labels = crate::sink::palette::read(m)?;
+            let labels = crate::palette::read(m)?;
             let want = o.mask_value;
             let n = crate::prompt::raster::object_pixels(&labels, want).area();
             anyhow::ensure!(

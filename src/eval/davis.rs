@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::sink::palette;
+use crate::palette;
 
 /// Statistics of one measure over a sequence's frames.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]

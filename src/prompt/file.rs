@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::sink::palette;
+use crate::palette;
 
 /// Most objects one run follows.
 pub const MAX_OBJECTS: usize = 255;

@@ -3,8 +3,8 @@
 
 use super::file::ObjectPrompt;
 use crate::error::Error;
+use crate::palette;
 use crate::post::BinaryMask;
-use crate::sink::palette;
 
 /// Most pixel writes one object's scribbles may take to draw (long, very wide scribbles).
 pub const MAX_SCRIBBLE_WORK: f64 = 1e9;

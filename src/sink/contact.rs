@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use image::{imageops, Rgb, RgbImage};
 
 use super::record::ImageRecord;
-use super::{create_parent, overlay, palette, text, write_atomic, FrameRecord, Sink, SinkContext};
+use super::{create_parent, overlay, text, write_atomic, FrameRecord, Sink, SinkContext};
 use crate::error::Error;
+use crate::palette;
 
 const CELL_W: u32 = 256;
 const CELL_H: u32 = 192;

@@ -8,7 +8,6 @@ pub mod lines;
 pub mod manifest;
 pub mod mot;
 pub mod overlay;
-pub mod palette;
 pub mod record;
 pub mod text;
 pub mod video;
@@ -175,7 +174,7 @@ impl Sink for PalettePngSink {
         let path = self.dir.join(format!("{}.png", f.name));
         create_parent(&path)?;
         write_atomic(&path, |tmp| {
-            palette::write(tmp, f.result.width, f.result.height, &f.result.labels)
+            crate::palette::write(tmp, f.result.width, f.result.height, &f.result.labels)
         })?;
         self.count += 1;
         Ok(())

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use super::{create_dir, create_parent, io_error, palette, write_atomic, FrameRecord, Sink};
+use super::{create_dir, create_parent, io_error, write_atomic, FrameRecord, Sink};
 use crate::error::Error;
+use crate::palette;
 
 /// The frame with labels drawn over it (`labels` is one id per pixel, 0 = none).
 pub fn draw(image: &RgbImage, labels: &[u8]) -> RgbImage {

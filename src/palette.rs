@@ -1,4 +1,4 @@
-//! Label PNGs: DAVIS-style palette PNGs (pixel value = object id) written and read. The palette is the
+//! Label PNGs, read by prompts and eval and written by the masks sink: DAVIS-style palette PNGs (pixel value = object id). The palette is the
 //! one DAVIS and PASCAL VOC use (bit-interleaved colours), so the files open in their tools.
 
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn write(path: &Path, width: u32, height: u32, labels: &[u8]) -> Result<(), 
     w.write_image_data(labels)
         .map_err(|e| err("cannot encode", e))?;
     w.finish().map_err(|e| err("cannot encode", e))?;
-    std::fs::write(path, &bytes).map_err(|e| super::io_error(path, "cannot write", &e))
+    std::fs::write(path, &bytes).map_err(|e| crate::sink::io_error(path, "cannot write", &e))
 }
 
 /// A label image as read from a PNG.
