@@ -1,5 +1,6 @@
-//! Label PNGs, read by prompts and eval and written by the masks sink: DAVIS-style palette PNGs (pixel value = object id). The palette is the
-//! one DAVIS and PASCAL VOC use (bit-interleaved colours), so the files open in their tools.
+//! Label PNGs, read by prompts and eval and written by the masks sink: DAVIS-style palette PNGs (pixel
+//! value = object id). The palette is the one DAVIS and PASCAL VOC use (bit-interleaved colours), so the
+//! files open in their tools.
 
 use std::path::Path;
 
