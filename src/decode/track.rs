@@ -260,7 +260,7 @@ impl Tracker {
                 (TargetMode::Decoder, _) | (_, None) => {
                     let ranked = rank(queries, &cands, &prompt, scale);
                     let order: Vec<usize> = ranked.iter().map(|&(q, _)| q).collect();
-                    self.first_fit(&order, &prompt, queries, mask_feat, lb, None)
+                    first_fit(&self.job, &order, &prompt, queries, mask_feat, lb, None)
                 }
                 (TargetMode::Target, Some((cells, gw, gh))) => {
                     let il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
@@ -285,12 +285,20 @@ impl Tracker {
                         il.iter_mut().for_each(|v| *v *= wt);
                         il
                     });
-                    self.first_fit(&order, &prompt, queries, mask_feat, lb, fuse.as_deref())
+                    first_fit(
+                        &self.job,
+                        &order,
+                        &prompt,
+                        queries,
+                        mask_feat,
+                        lb,
+                        fuse.as_deref(),
+                    )
                 }
             };
             let pick = match self.readouts.get(&id) {
                 Some(r) => {
-                    let fused = self.fuse_readout(r, pick, feats, lb)?;
+                    let fused = self.readout_pick(r, pick, feats, lb)?;
                     read_back.push((id, fused.as_ref().map(|p| input_mask(&p.2, lb))));
                     fused
                 }
@@ -301,9 +309,11 @@ impl Tracker {
                     let remember = scores.0 >= self.job.memory_min_score;
                     let input_mask = remember.then(|| input_mask(&il, lb));
                     let (gw, gh) = (mask_feat.shape[3], mask_feat.shape[2]);
-                    let every = self.job.target.update_every;
-                    let start = self.anchored_at(id, index);
-                    let due = every > 0 && index > start && (index - start) % every == 0;
+                    let due = update_due(
+                        self.job.target.update_every,
+                        self.anchored_at(id, index),
+                        index,
+                    );
                     // The mask on the grid only where something reads it: the next frame's prior, or
                     // an update.
                     let grid = (self.job.target.previous > 0.0 || (due && input_mask.is_some()))
@@ -351,20 +361,7 @@ impl Tracker {
             }
         }
 
-        // One id per pixel: the object with the highest positive logit.
-        let n = (w * h) as usize;
-        let mut labels = vec![0u8; n];
-        let mut best = vec![0.0f32; n];
-        for (id, logits, _, _) in &found {
-            if let Some(l) = logits {
-                for i in 0..n {
-                    if l[i] > best[i] {
-                        best[i] = l[i];
-                        labels[i] = *id;
-                    }
-                }
-            }
-        }
+        let labels = owners(&found, (w * h) as usize);
         let objects = found
             .iter()
             .map(|(id, _, (score, pred_iou), _)| {
@@ -644,7 +641,7 @@ impl Tracker {
     /// mask > 0.5` (the pick's logits become that sum minus 0.5). The pick's scores are kept; with no
     /// pick, the readout alone may find the object, scored by its mean probability inside the mask.
     #[allow(clippy::type_complexity)]
-    fn fuse_readout(
+    fn readout_pick(
         &self,
         readout: &Readout,
         pick: Option<(Vec<f32>, (f32, f32), Vec<f32>)>,
@@ -657,11 +654,7 @@ impl Tracker {
             Some((_, scores, il)) => (Some(scores), il),
             None => (None, vec![f32::MIN; plane.len()]),
         };
-        let fused: Vec<f32> = plane
-            .iter()
-            .zip(&il)
-            .map(|(&p, &l)| w * p + (1.0 - w) * (l > 0.0) as u8 as f32 - 0.5)
-            .collect();
+        let fused = fuse_readout(&plane, &il, w);
         let fl = frame_logits(&fused, lb);
         let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
         if area <= self.job.min_area {
@@ -678,38 +671,73 @@ impl Tracker {
         });
         Ok(Some((fl, scores, fused)))
     }
+}
 
-    /// The first of `order` (tried up to `TRIES`) whose mask is larger than `min_area`: its frame logits,
-    /// (match score, predicted IoU) and model-input logits; with `fuse`, the target model's model-input
-    /// logits are added to the query's. Queries whose match score is below `min_score` are passed over.
-    #[allow(clippy::type_complexity)]
-    fn first_fit(
-        &self,
-        order: &[usize],
-        prompt: &[f32],
-        queries: &Queries,
-        mask_feat: &Tensor,
-        lb: &Letterbox,
-        fuse: Option<&[f32]>,
-    ) -> Option<(Vec<f32>, (f32, f32), Vec<f32>)> {
-        let size = self.model.input_size();
-        for &q in order.iter().take(TRIES) {
-            let score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
-            if score < self.job.min_score {
-                continue;
-            }
-            let mut il = input_logits(mask_feat, queries.mask_row(q), size);
-            if let Some(t) = fuse {
-                il.iter_mut().zip(t).for_each(|(a, b)| *a += b);
-            }
-            let fl = frame_logits(&il, lb);
-            let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
-            if area > self.job.min_area {
-                return Some((fl, (score, queries.iou[q]), il));
+/// Under `job`'s thresholds, the first of `order` (tried up to `TRIES`) whose mask is larger than
+/// `min_area`: its frame logits, (match score, predicted IoU) and model-input logits; with `fuse`, the
+/// target model's model-input logits are added to the query's. Queries whose match score is below
+/// `min_score` are passed over.
+#[allow(clippy::type_complexity)]
+fn first_fit(
+    job: &JobSpec,
+    order: &[usize],
+    prompt: &[f32],
+    queries: &Queries,
+    mask_feat: &Tensor,
+    lb: &Letterbox,
+    fuse: Option<&[f32]>,
+) -> Option<(Vec<f32>, (f32, f32), Vec<f32>)> {
+    let size = lb.size;
+    for &q in order.iter().take(TRIES) {
+        let score = dot(queries.embed_row(q), prompt).clamp(0.0, 1.0);
+        if score < job.min_score {
+            continue;
+        }
+        let mut il = input_logits(mask_feat, queries.mask_row(q), size);
+        if let Some(t) = fuse {
+            il.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+        }
+        let fl = frame_logits(&il, lb);
+        let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
+        if area > job.min_area {
+            return Some((fl, (score, queries.iou[q]), il));
+        }
+    }
+    None
+}
+
+/// One id per pixel of an `n`-pixel frame: the object with the highest positive logit (0 where none is
+/// positive; the first listed on a tie).
+fn owners(found: &[Found], n: usize) -> Vec<u8> {
+    let mut labels = vec![0u8; n];
+    let mut best = vec![0.0f32; n];
+    for (id, logits, _, _) in found {
+        if let Some(l) = logits {
+            for i in 0..n {
+                if l[i] > best[i] {
+                    best[i] = l[i];
+                    labels[i] = *id;
+                }
             }
         }
-        None
     }
+    labels
+}
+
+/// Whether an object anchored on frame `start` learns from frame `index` (every `every` frames after
+/// its anchor; never with `every` 0).
+fn update_due(every: u64, start: u64, index: u64) -> bool {
+    every > 0 && index > start && (index - start) % every == 0
+}
+
+/// A readout probability plane fused with a mask's logits: `weight x p + (1 - weight) x (logit > 0)`,
+/// minus 0.5 (positive = object).
+fn fuse_readout(plane: &[f32], logits: &[f32], weight: f32) -> Vec<f32> {
+    plane
+        .iter()
+        .zip(logits)
+        .map(|(&p, &l)| weight * p + (1.0 - weight) * (l > 0.0) as u8 as f32 - 0.5)
+        .collect()
 }
 
 /// Model-input logits read at the centre of every cell of a `gw x gh` feature grid: the mask on the grid.
@@ -763,4 +791,131 @@ fn input_mask(logits: &[f32], lb: &Letterbox) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16 x 16 frame and input over a 4 x 4 `mask_feat` grid with two channels: channel 0 is 1
+    /// everywhere, channel 1 only on cell (0, 0).
+    fn grid() -> (Tensor, Letterbox) {
+        let mut data = vec![1.0f32; 16];
+        data.extend((0..16).map(|i| (i == 0) as u8 as f32));
+        (
+            Tensor::new(vec![1, 2, 4, 4], data),
+            Letterbox::new(16, 16, 16),
+        )
+    }
+
+    /// Queries with 2-d embeddings and 2-d mask embeddings, each (embedding, mask embedding, IoU).
+    fn queries(rows: &[([f32; 2], [f32; 2], f32)]) -> Queries {
+        Queries {
+            count: rows.len(),
+            iou: rows.iter().map(|r| r.2).collect(),
+            boxes_cxcywh: vec![[0.5; 4]; rows.len()],
+            embed: rows.iter().flat_map(|r| r.0).collect(),
+            embed_dim: 2,
+            mask_embed: rows.iter().flat_map(|r| r.1).collect(),
+            mask_dim: 2,
+        }
+    }
+
+    fn job(min_score: f32, min_area: u64) -> JobSpec {
+        JobSpec {
+            min_score,
+            min_area,
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_low_score_is_passed_over_and_a_small_mask_gives_way_to_the_next() {
+        let (mf, lb) = grid();
+        let q = queries(&[
+            ([0.0, 1.0], [1.0, 0.0], 0.9),  // the whole frame, but a score of 0
+            ([1.0, 0.0], [-1.0, 2.0], 0.8), // matches; only around cell (0, 0)
+            ([1.0, 0.0], [1.0, 0.0], 0.7),  // matches; the whole frame
+        ]);
+        let prompt = [1.0, 0.0];
+        let (fl, scores, _) =
+            first_fit(&job(0.5, 50), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
+        assert_eq!(scores, (1.0, 0.7));
+        assert_eq!(fl.iter().filter(|&&v| v > 0.0).count(), 256);
+        // With no area floor the small mask is taken.
+        let (fl, scores, _) =
+            first_fit(&job(0.5, 0), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
+        assert_eq!(scores, (1.0, 0.8));
+        let area = fl.iter().filter(|&&v| v > 0.0).count();
+        assert!(area > 0 && area < 50, "{area}");
+        // Nothing above the score floor: not found.
+        assert!(first_fit(&job(0.5, 0), &[0], &prompt, &q, &mf, &lb, None).is_none());
+    }
+
+    #[test]
+    fn only_the_first_tries_are_tried_and_fused_logits_count() {
+        let (mf, lb) = grid();
+        let mut rows = vec![([1.0, 0.0], [-1.0, 0.0], 0.5); TRIES];
+        rows.push(([1.0, 0.0], [1.0, 0.0], 0.9));
+        let q = queries(&rows);
+        let order: Vec<usize> = (0..rows.len()).collect();
+        let prompt = [1.0, 0.0];
+        assert!(first_fit(&job(0.0, 10), &order, &prompt, &q, &mf, &lb, None).is_none());
+        // The target model's logits added to an empty mask make it the object.
+        let lift = vec![2.0f32; 256];
+        let (fl, scores, _) =
+            first_fit(&job(0.0, 10), &order, &prompt, &q, &mf, &lb, Some(&lift)).unwrap();
+        assert_eq!(scores, (1.0, 0.5));
+        assert!(fl.iter().all(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn each_pixel_goes_to_the_highest_positive_logit() {
+        let found: Vec<Found> = vec![
+            (1, Some(vec![2.0, 1.0, -1.0, 0.0]), (1.0, 1.0), None),
+            (2, Some(vec![1.0, 3.0, -0.5, 0.0]), (1.0, 1.0), None),
+            (3, None, (0.0, 0.0), None),
+            (4, Some(vec![2.0, 0.5, -0.1, 0.0]), (1.0, 1.0), None),
+        ];
+        // Pixel 0: a tie between 1 and 4 goes to the first; 1: object 2; 2 and 3: no positive logit.
+        assert_eq!(owners(&found, 4), vec![1, 2, 0, 0]);
+    }
+
+    #[test]
+    fn the_target_model_learns_every_n_frames_after_its_anchor() {
+        assert!(!update_due(0, 0, 10));
+        assert!(!update_due(5, 3, 3));
+        assert!(update_due(5, 3, 8));
+        assert!(!update_due(5, 3, 9));
+        assert!(update_due(1, 3, 4));
+        assert!(!update_due(5, 8, 3));
+    }
+
+    #[test]
+    fn the_readout_outvotes_the_mask_only_when_confident() {
+        // weight 0.7: on the mask the readout keeps a pixel above 0.2857; off it, adds one above 0.7143.
+        let fused = fuse_readout(&[0.3, 0.25, 0.75, 0.7], &[1.0, 1.0, -1.0, -1.0], 0.7);
+        let object: Vec<bool> = fused.iter().map(|&v| v > 0.0).collect();
+        assert_eq!(object, vec![true, false, true, false]);
+        // weight 1: the readout alone.
+        let alone = fuse_readout(&[0.6, 0.4], &[-1.0, 1.0], 1.0);
+        assert!(alone[0] > 0.0 && alone[1] < 0.0);
+    }
+
+    #[test]
+    fn grid_iou_and_prompts_leave_the_padding_out() {
+        // A 16 x 8 frame: the bottom half of the input is padding.
+        let lb = Letterbox::new(16, 8, 16);
+        let logits = vec![1.0f32; 256];
+        let m = input_mask(&logits, &lb);
+        assert_eq!(m.iter().filter(|&&v| v == 1.0).count(), 128);
+        assert!(m[128..].iter().all(|&v| v == 0.0));
+        let cells = grid_cells(&logits, &lb, 4, 4);
+        assert!(cells.iter().all(|&c| c));
+        // Two masks that differ only in the padding rows overlap fully.
+        let mut other = cells.clone();
+        other[8..].iter_mut().for_each(|c| *c = false);
+        assert_eq!(grid_iou(&cells, &other, &lb, 4), 1.0);
+        assert_eq!(grid_iou(&[false; 16], &[false; 16], &lb, 4), 0.0);
+    }
 }
