@@ -377,7 +377,7 @@ fn default_readout_weight() -> f32 {
     0.0
 }
 fn default_readout_recent() -> usize {
-    7
+    3
 }
 fn default_readout_radius() -> usize {
     12
@@ -913,7 +913,7 @@ impl PipelineSpec {
         }
         if !(1..=64).contains(&r.top_k) || r.radius > 64 || r.recent > 64 {
             return Err(
-                "job.target.readout: top_k must be 1..=64, radius and recent at most 64 (e.g. 10, 12, 7)"
+                "job.target.readout: top_k must be 1..=64, radius and recent at most 64 (e.g. 10, 12, 3)"
                     .into(),
             );
         }
