@@ -5,7 +5,7 @@
 //!
 //! No cargo-fuzz (it needs nightly): each target replays its seed corpus in `tests/fuzz/corpus/<target>/`,
 //! then mutates it (bit flips, interesting bytes, splices, dictionary tokens; PNG checksums re-computed so
-//! that mutations reach past the CRC check) for `VPROMPT_FUZZ_SECS` seconds per target: 60 when `CI` is
+//! that mutations reach past the CRC check) for `VPROMPT_FUZZ_SECS` seconds per target: 30 when `CI` is
 //! set, 3 otherwise. The mutations follow `VPROMPT_FUZZ_SEED`: fixed when `CI` is set, drawn otherwise. Inputs that give a new kind of answer join the in-memory corpus. Targets share the
 //! cores, so the wall time is about (targets x seconds) / cores. A failing input is saved under
 //! `target/fuzz-failures/` with the seed to replay the run (`VPROMPT_FUZZ_SEED`); once fixed, copy the
@@ -411,7 +411,7 @@ fn the_json_seeds_read() {
 fn every_parser_survives_mutated_input() {
     let secs: f64 = match std::env::var("VPROMPT_FUZZ_SECS") {
         Ok(v) => v.parse().expect("VPROMPT_FUZZ_SECS is a number of seconds"),
-        Err(_) if in_ci() => 60.0,
+        Err(_) if in_ci() => 30.0,
         Err(_) => 3.0,
     };
     // CI replays one fixed seed (a failure there repeats on a developer's machine); elsewhere each run
