@@ -9,6 +9,7 @@
 //! target model (a linear score over the same features) by matching places, not a global appearance.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::contract::names;
@@ -18,8 +19,57 @@ use crate::spec::{ReadoutFeatures, ReadoutSpec};
 /// One remembered frame: its cells' unit feature vectors (cell-major, `dim` each; zero outside the
 /// letterboxed frame) and their object shares (`None` outside the frame, never matched).
 struct Remembered {
-    feats: Vec<f32>,
+    feats: Arc<[f32]>,
     shares: Vec<Option<f32>>,
+}
+
+/// A frame on the readout's grid, made once per frame and shared by every object's readout: its cells'
+/// unit feature vectors (cell-major, `dim` each; zero outside the letterboxed frame; shared, not copied,
+/// by the memories that remember the frame), which cells lie inside the frame, and its letterbox.
+pub struct FrameCells {
+    gw: usize,
+    gh: usize,
+    dim: usize,
+    feats: Arc<[f32]>,
+    inside: Vec<bool>,
+    lb: Letterbox,
+}
+
+impl FrameCells {
+    /// The cells of `feats`' grid `which`, for a frame letterboxed as `lb`.
+    pub fn of(which: ReadoutFeatures, feats: &Features, lb: &Letterbox) -> Result<Self> {
+        let grid = grid(feats, which)?;
+        let (d, gh, gw) = (grid.shape[1], grid.shape[2], grid.shape[3]);
+        let plane = gw * gh;
+        let stride = (lb.size as usize / gw).max(1);
+        let mut out = vec![0.0f32; plane * d];
+        let mut inside = vec![false; plane];
+        for y in 0..gh {
+            for x in 0..gw {
+                let at = y * gw + x;
+                inside[at] = x * stride < lb.scaled_w as usize && y * stride < lb.scaled_h as usize;
+                if !inside[at] {
+                    continue;
+                }
+                let v = &mut out[at * d..(at + 1) * d];
+                for (c, o) in v.iter_mut().enumerate() {
+                    *o = grid.data[c * plane + at];
+                }
+                let n = dot(v, v).sqrt();
+                if n > 0.0 {
+                    v.iter_mut().for_each(|o| *o /= n);
+                }
+            }
+        }
+        Ok(FrameCells {
+            gw,
+            gh,
+            dim: d,
+            feats: out.into(),
+            inside,
+            lb: *lb,
+        })
+    }
 }
 
 /// One object's readout memory.
@@ -34,53 +84,45 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// A memory holding the reference frame `feats` with the object's model-input mask `input_mask`
+    /// A memory holding the reference frame `frame` with the object's model-input mask `input_mask`
     /// (`S x S`, 1 = object).
-    pub fn new(
-        spec: ReadoutSpec,
-        feats: &Features,
-        lb: &Letterbox,
-        input_mask: &[f32],
-    ) -> Result<Self> {
-        let grid = grid(feats, spec.features)?;
-        let (dim, gh, gw) = (grid.shape[1], grid.shape[2], grid.shape[3]);
-        let mut r = Readout {
+    pub fn new(spec: ReadoutSpec, frame: &FrameCells, input_mask: &[f32]) -> Self {
+        Readout {
             spec,
-            gw,
-            gh,
-            dim,
-            pinned: Vec::new(),
+            gw: frame.gw,
+            gh: frame.gh,
+            dim: frame.dim,
+            pinned: vec![remembered(frame, input_mask)],
             recent: VecDeque::new(),
-        };
-        r.pin(feats, lb, input_mask)?;
-        Ok(r)
+        }
     }
 
     /// Adds another reference frame, kept for the whole run.
-    pub fn pin(&mut self, feats: &Features, lb: &Letterbox, input_mask: &[f32]) -> Result<()> {
-        let m = self.remembered(feats, lb, input_mask)?;
-        self.pinned.push(m);
+    pub fn pin(&mut self, frame: &FrameCells, input_mask: &[f32]) -> Result<()> {
+        self.check(frame)?;
+        self.pinned.push(remembered(frame, input_mask));
         Ok(())
     }
 
     /// Remembers an output frame (its model-input mask; all zero where the object was not found); the
     /// oldest output is forgotten beyond `recent`.
-    pub fn remember(&mut self, feats: &Features, lb: &Letterbox, input_mask: &[f32]) -> Result<()> {
+    pub fn remember(&mut self, frame: &FrameCells, input_mask: &[f32]) -> Result<()> {
+        self.check(frame)?;
         if self.spec.recent == 0 {
             return Ok(());
         }
-        let m = self.remembered(feats, lb, input_mask)?;
         if self.recent.len() == self.spec.recent {
             self.recent.pop_front();
         }
-        self.recent.push_back(m);
+        self.recent.push_back(remembered(frame, input_mask));
         Ok(())
     }
 
-    /// The object's probability at every model-input pixel (`S x S`; 0 in the padding).
-    pub fn read(&self, feats: &Features, lb: &Letterbox) -> Result<Vec<f32>> {
-        let (q, inside) = self.cells(feats, lb)?;
-        let cells = self.probabilities(&q, &inside);
+    /// The object's probability at every model-input pixel of `frame` (`S x S`; 0 in the padding).
+    pub fn read(&self, frame: &FrameCells) -> Result<Vec<f32>> {
+        self.check(frame)?;
+        let cells = self.probabilities(frame);
+        let lb = &frame.lb;
         let s = lb.size as usize;
         let mut plane = crate::post::mask::resize_plane(&cells, self.gw, self.gw, self.gh, s, s);
         for y in 0..s {
@@ -93,8 +135,9 @@ impl Readout {
         Ok(plane)
     }
 
-    /// Per grid cell the readout probability (0 outside the frame).
-    fn probabilities(&self, q: &[f32], inside: &[bool]) -> Vec<f32> {
+    /// Per grid cell of `frame` the readout probability (0 outside the frame).
+    fn probabilities(&self, frame: &FrameCells) -> Vec<f32> {
+        let (q, inside) = (&frame.feats, &frame.inside);
         let (gw, gh, d, r) = (self.gw, self.gh, self.dim, self.spec.radius);
         let k = self.spec.top_k;
         let dot = pick_dot();
@@ -140,55 +183,30 @@ impl Readout {
         out
     }
 
-    /// A frame's unit cell features and which cells lie inside the letterboxed frame.
-    fn cells(&self, feats: &Features, lb: &Letterbox) -> Result<(Vec<f32>, Vec<bool>)> {
-        let grid = grid(feats, self.spec.features)?;
-        if grid.shape[1..] != [self.dim, self.gh, self.gw] {
+    /// An error unless `frame` is on the memory's grid.
+    fn check(&self, frame: &FrameCells) -> Result<()> {
+        if [frame.dim, frame.gh, frame.gw] != [self.dim, self.gh, self.gw] {
             return Err(Error::Runtime(format!(
                 "readout: the encoder grid is {:?}, the memory's {:?}",
-                &grid.shape[1..],
+                [frame.dim, frame.gh, frame.gw],
                 [self.dim, self.gh, self.gw]
             )));
         }
-        let (gw, gh, d) = (self.gw, self.gh, self.dim);
-        let plane = gw * gh;
-        let stride = (lb.size as usize / gw).max(1);
-        let mut out = vec![0.0f32; plane * d];
-        let mut inside = vec![false; plane];
-        for y in 0..gh {
-            for x in 0..gw {
-                let at = y * gw + x;
-                inside[at] = x * stride < lb.scaled_w as usize && y * stride < lb.scaled_h as usize;
-                if !inside[at] {
-                    continue;
-                }
-                let v = &mut out[at * d..(at + 1) * d];
-                for (c, o) in v.iter_mut().enumerate() {
-                    *o = grid.data[c * plane + at];
-                }
-                let n = dot(v, v).sqrt();
-                if n > 0.0 {
-                    v.iter_mut().for_each(|o| *o /= n);
-                }
-            }
-        }
-        Ok((out, inside))
+        Ok(())
     }
+}
 
-    fn remembered(
-        &self,
-        feats: &Features,
-        lb: &Letterbox,
-        input_mask: &[f32],
-    ) -> Result<Remembered> {
-        let (feats, inside) = self.cells(feats, lb)?;
-        let all = shares(input_mask, lb.size as usize, self.gw, self.gh);
-        let shares = all
-            .into_iter()
-            .zip(inside)
-            .map(|(v, i)| i.then_some(v))
-            .collect();
-        Ok(Remembered { feats, shares })
+/// A frame's cells with the object shares of `input_mask` (model-input pixels).
+fn remembered(frame: &FrameCells, input_mask: &[f32]) -> Remembered {
+    let all = shares(input_mask, frame.lb.size as usize, frame.gw, frame.gh);
+    let shares = all
+        .into_iter()
+        .zip(&frame.inside)
+        .map(|(v, &i)| i.then_some(v))
+        .collect();
+    Remembered {
+        feats: Arc::clone(&frame.feats),
+        shares,
     }
 }
 
@@ -297,6 +315,10 @@ mod tests {
         (feats, mask)
     }
 
+    fn cells(feats: &Features, lb: &Letterbox) -> FrameCells {
+        FrameCells::of(ReadoutFeatures::Fine, feats, lb).unwrap()
+    }
+
     fn spec() -> ReadoutSpec {
         ReadoutSpec {
             weight: 1.0,
@@ -311,11 +333,10 @@ mod tests {
     fn the_object_is_read_where_its_features_moved_within_the_window() {
         let lb = Letterbox::new(16, 16, 16);
         let (f0, m0) = frame(|x, y| x == 1 && y == 1);
-        let r = Readout::new(spec(), &f0, &lb, &m0).unwrap();
+        let r = Readout::new(spec(), &cells(&f0, &lb), &m0);
         // The object moved one cell right: its features match the reference's object cell.
         let (f1, _) = frame(|x, y| x == 2 && y == 1);
-        let (q, inside) = r.cells(&f1, &lb).unwrap();
-        let p = r.probabilities(&q, &inside);
+        let p = r.probabilities(&cells(&f1, &lb));
         assert!(p[4 + 2] > 0.9, "object cell {}", p[4 + 2]);
         assert!(
             p.iter().enumerate().all(|(i, &v)| i == 6 || v < 0.1),
@@ -323,8 +344,8 @@ mod tests {
         );
         // Out of the window (radius 1) the same features find no object cell to match.
         let (f2, _) = frame(|x, y| x == 3 && y == 3);
-        let (q, inside) = r.cells(&f2, &lb).unwrap();
-        assert!(r.probabilities(&q, &inside)[15] < 0.1);
+        let q = cells(&f2, &lb);
+        assert!(r.probabilities(&q)[15] < 0.1);
     }
 
     #[test]
@@ -336,22 +357,20 @@ mod tests {
                 recent: 1,
                 ..spec()
             },
-            &f0,
-            &lb,
+            &cells(&f0, &lb),
             &m0,
-        )
-        .unwrap();
+        );
         // Far from the reference's object, found on an output frame: now it is read there.
         let (f1, m1) = frame(|x, y| x == 3 && y == 3);
-        let (q, inside) = r.cells(&f1, &lb).unwrap();
-        assert!(r.probabilities(&q, &inside)[15] < 0.1);
-        r.remember(&f1, &lb, &m1).unwrap();
-        assert!(r.probabilities(&q, &inside)[15] > 0.9);
+        let q = cells(&f1, &lb);
+        assert!(r.probabilities(&q)[15] < 0.1);
+        r.remember(&cells(&f1, &lb), &m1).unwrap();
+        assert!(r.probabilities(&q)[15] > 0.9);
         // A newer output without the object replaces it.
         let (f2, _) = frame(|_, _| false);
-        r.remember(&f2, &lb, &vec![0.0; 256]).unwrap();
+        r.remember(&cells(&f2, &lb), &vec![0.0; 256]).unwrap();
         assert_eq!(r.recent.len(), 1);
-        assert!(r.probabilities(&q, &inside)[15] < 0.1);
+        assert!(r.probabilities(&q)[15] < 0.1);
     }
 
     #[test]
@@ -359,9 +378,9 @@ mod tests {
         // A 16 x 8 frame fills the top half of the input; the bottom two grid rows are padding.
         let lb = Letterbox::new(16, 8, 16);
         let (f0, m0) = frame(|_, y| y >= 1);
-        let r = Readout::new(spec(), &f0, &lb, &m0).unwrap();
+        let r = Readout::new(spec(), &cells(&f0, &lb), &m0);
         assert!(r.pinned[0].shares[8..].iter().all(Option::is_none));
-        let plane = r.read(&f0, &lb).unwrap();
+        let plane = r.read(&cells(&f0, &lb)).unwrap();
         assert!(plane[..8 * 16].iter().any(|&v| v > 0.5));
         assert!(plane[8 * 16..].iter().all(|&v| v == 0.0));
     }
@@ -370,14 +389,14 @@ mod tests {
     fn a_grid_of_another_size_is_an_error() {
         let lb = Letterbox::new(16, 16, 16);
         let (f0, m0) = frame(|x, _| x == 0);
-        let r = Readout::new(spec(), &f0, &lb, &m0).unwrap();
+        let r = Readout::new(spec(), &cells(&f0, &lb), &m0);
         let other = Features {
             maps: vec![(
                 names::MASK_FEAT.to_string(),
                 Tensor::new(vec![1, 2, 2, 2], vec![0.0; 8]),
             )],
         };
-        assert!(r.read(&other, &lb).is_err());
+        assert!(r.read(&cells(&other, &lb)).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
-use super::readout::Readout;
+use super::readout::{FrameCells, Readout};
 use super::reference::reference_mask;
 use super::referring::{candidates, dot, rank};
 use super::target::{augmented_frames, augmented_masks, TargetModel, View};
@@ -233,6 +233,12 @@ impl Tracker {
         let mut found: Vec<Found> = Vec::new();
         // (object, model-input mask) of the predictions the target models learn from.
         let mut learn: Vec<(u8, Vec<f32>)> = Vec::new();
+        // The frame on the readouts' grid, made once for all of them.
+        let cells = if self.readouts.is_empty() {
+            None
+        } else {
+            Some(FrameCells::of(self.job.target.readout.features, feats, lb)?)
+        };
         // (object, model-input mask or none when not found) of the outputs the readouts remember.
         let mut read_back: Vec<(u8, Option<Vec<f32>>)> = Vec::new();
         for (&id, memory) in &self.memories {
@@ -296,13 +302,13 @@ impl Tracker {
                     )
                 }
             };
-            let pick = match self.readouts.get(&id) {
-                Some(r) => {
-                    let fused = self.readout_pick(r, pick, feats, lb)?;
+            let pick = match (self.readouts.get(&id), &cells) {
+                (Some(r), Some(cells)) => {
+                    let fused = self.readout_pick(r, pick, cells, lb)?;
                     read_back.push((id, fused.as_ref().map(|p| input_mask(&p.2, lb))));
                     fused
                 }
-                None => pick,
+                _ => pick,
             };
             match pick {
                 Some((fl, scores, il)) => {
@@ -337,17 +343,19 @@ impl Tracker {
                 }
             }
         }
-        for (id, m) in read_back {
-            if let Some(r) = self.readouts.get_mut(&id) {
-                let empty;
-                let m = match &m {
-                    Some(m) => m.as_slice(),
-                    None => {
-                        empty = vec![0.0f32; s2];
-                        &empty
-                    }
-                };
-                r.remember(feats, lb, m)?;
+        if let Some(cells) = &cells {
+            for (id, m) in read_back {
+                if let Some(r) = self.readouts.get_mut(&id) {
+                    let empty;
+                    let m = match &m {
+                        Some(m) => m.as_slice(),
+                        None => {
+                            empty = vec![0.0f32; s2];
+                            &empty
+                        }
+                    };
+                    r.remember(cells, m)?;
+                }
             }
         }
         for (id, m) in learn {
@@ -429,6 +437,13 @@ impl Tracker {
         let mut given = BTreeMap::new();
         let mut masks = Vec::with_capacity(prompts.len() * size * size);
         let aug = self.encode_views(image)?;
+        // The image on the readouts' grid, once for all its objects.
+        let readout = self.job.target.readout;
+        let cells = if readout.weight > 0.0 {
+            Some(FrameCells::of(readout.features, feats, lb)?)
+        } else {
+            None
+        };
         for o in prompts {
             let at = o.image.as_ref().map_or(format!("frame {}", o.frame), |p| {
                 format!("reference image {}", p.display())
@@ -470,12 +485,11 @@ impl Tracker {
             if self.job.target.mode != TargetMode::Decoder && first_reference {
                 self.fit_target(o.id, o.frame, &m, feats, lb, &input_mask, &aug)?;
             }
-            let readout = self.job.target.readout;
-            if readout.weight > 0.0 {
+            if let Some(cells) = &cells {
                 match self.readouts.get_mut(&o.id) {
-                    Some(r) if !first_reference => r.pin(feats, lb, &input_mask)?,
+                    Some(r) if !first_reference => r.pin(cells, &input_mask)?,
                     _ => {
-                        let r = Readout::new(readout, feats, lb, &input_mask)?;
+                        let r = Readout::new(self.job.target.readout, cells, &input_mask);
                         self.readouts.insert(o.id, r);
                     }
                 }
@@ -645,11 +659,11 @@ impl Tracker {
         &self,
         readout: &Readout,
         pick: Option<(Vec<f32>, (f32, f32), Vec<f32>)>,
-        feats: &Features,
+        cells: &FrameCells,
         lb: &Letterbox,
     ) -> Result<Option<(Vec<f32>, (f32, f32), Vec<f32>)>> {
         let w = self.job.target.readout.weight;
-        let plane = readout.read(feats, lb)?;
+        let plane = readout.read(cells)?;
         let (scores, il) = match pick {
             Some((_, scores, il)) => (Some(scores), il),
             None => (None, vec![f32::MIN; plane.len()]),
