@@ -12,10 +12,11 @@ use serde_yaml_ng::Value;
 
 use super::{yaml_map, yaml_path};
 
+use crate::decode::generic::Labeler;
 use crate::model::{Model, Preprocessor, QueryAnchor, SessionOptions, Tensor};
 use crate::pipeline::{run, RunOptions, RunReport};
 use crate::post::PointGrid;
-use crate::spec::PipelineSpec;
+use crate::spec::{JobSpec, PipelineSpec};
 
 pub struct BenchArgs {
     pub model: PathBuf,
@@ -361,7 +362,7 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
     let bank_path = out.join("bank.json");
     crate::bank::Bank::build(&model, &set)?.save(&bank_path)?;
 
-    // (a) on preloaded, letterboxed images; one point, as the job decodes.
+    // (a) on preloaded, letterboxed images, with the point queries the job's labeler decodes.
     let dir = std::path::absolute(images)?;
     let mut reader = crate::source::ImageListReader::images(&dir.to_string_lossy(), u64::MAX)?;
     let mut pre = Preprocessor::new(&model.spec.input);
@@ -377,7 +378,8 @@ fn bench_autolabel(a: &BenchArgs, images: &Path, out: &Path, threads: usize) -> 
     }
     anyhow::ensure!(!inputs.is_empty(), "{} holds no image", dir.display());
     let n = inputs.len();
-    let fps_a = model_bound(&model, &inputs, a.batch, &[QueryAnchor::point(0.5, 0.5)])?;
+    let anchors = Labeler::anchors(&JobSpec::default());
+    let fps_a = model_bound(&model, &inputs, a.batch, &anchors)?;
     drop((model, inputs));
 
     // (b) vprompt end to end.

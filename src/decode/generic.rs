@@ -16,9 +16,10 @@ use super::referring::{cxcywh_to_xyxy, dot};
 use super::track::{FrameObjects, ObjectResult};
 use crate::bank::ClassEmbedding;
 use crate::error::{Error, Result};
-use crate::model::{Features, Letterbox, Model, Queries, Tensor};
+use crate::model::{Features, Letterbox, Model, Queries, QueryAnchor, Tensor};
 use crate::post::mask::frame_mask;
 use crate::post::nms::nms;
+use crate::post::PointGrid;
 use crate::spec::{GenericScore, JobSpec, LabelerMode};
 
 /// Most instances per image (one palette index each in label images).
@@ -49,12 +50,15 @@ impl Labeler {
         })
     }
 
-    /// The point grid's side the decoder needs for this labeler: the `proposals` mode reads the grid's
-    /// queries, the `generic` mode only the generic queries (one point keeps the interactive half small).
-    pub fn grid(job: &JobSpec) -> usize {
+    /// The decoder's point queries for this labeler: the `proposals` mode reads the grid's queries
+    /// (`labeler.grid` per side), the `generic` mode only the generic queries (one point keeps the
+    /// interactive half small).
+    pub fn anchors(job: &JobSpec) -> Vec<QueryAnchor> {
         match job.labeler.mode {
-            LabelerMode::Proposals => job.labeler.grid,
-            LabelerMode::Generic => 1,
+            LabelerMode::Proposals if job.labeler.grid > 1 => {
+                PointGrid::new(job.labeler.grid).anchors()
+            }
+            _ => vec![QueryAnchor::point(0.5, 0.5)],
         }
     }
 

@@ -225,10 +225,7 @@ impl Autolabel {
             bank.check_model(&model, &path)?;
             let classes = bank.class_embeddings(job.exemplars_per_class, job.seed);
             let categories = classes.iter().map(|c| (c.id, c.name.clone())).collect();
-            let anchors = match Labeler::grid(&job) {
-                1 => vec![QueryAnchor::point(0.5, 0.5)],
-                g => PointGrid::new(g).anchors(),
-            };
+            let anchors = Labeler::anchors(&job);
             let labeler = Labeler::new(model, classes, job).map_err(|e| match e {
                 Error::Runtime(msg) => Error::Prompt { path, msg },
                 e => e,
