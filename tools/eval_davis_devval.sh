@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DAVIS-2016 dev-val J&F through vprompt itself: `vprompt propagate` from each sequence's first-frame mask,
 # then `vprompt eval davis` over the six fixed dev-val sequences (../shared/data/README.md).
-# Usage: tools/eval_davis_devval.sh [MODEL_DIR] [OUT_DIR] [propagate flags, e.g. --target decoder]
+# Usage: [SEQS="boat elephant ..."] tools/eval_davis_devval.sh [MODEL_DIR] [OUT_DIR] [propagate flags, e.g. --target decoder]
+# (SEQS: other sequences instead, e.g. training ones to tune on)
 # (run from the repository root, after make build)
 set -euo pipefail
 MODEL=${1:-models/vprompt-lite0}
@@ -9,7 +10,7 @@ OUT=${2:-out/davis-devval}
 EXTRA=("${@:3}")
 DATA=${DAVIS:-../shared/data/davis2016-train-240p}
 BIN=${VPROMPT:-./target/release/vprompt}
-SEQS=(bear car-turn dance-jump kite-walk soccerball stroller)
+read -ra SEQS <<< "${SEQS:-bear car-turn dance-jump kite-walk soccerball stroller}"
 mkdir -p "$OUT/pred"
 start=$(date +%s.%N)
 frames=0

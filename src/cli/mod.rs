@@ -118,6 +118,9 @@ enum Command {
         /// job's, `target.readout.weight`).
         #[arg(long, value_name = "WEIGHT")]
         readout: Option<f32>,
+        /// Refine the masks' outlines along the frame's colour edges (`job.refine`): on or off.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        refine: String,
         /// Skip the overlay video.
         #[arg(long)]
         no_video: bool,
@@ -355,6 +358,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             workers,
             target,
             readout,
+            refine,
             no_video,
             quiet,
         } => {
@@ -452,6 +456,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                             }
                             t
                         }),
+                        ("refine", yaml_map([("enabled", (refine == "on").into())])),
                     ]),
                 ),
                 ("sinks", Value::Sequence(sinks)),

@@ -14,11 +14,12 @@ use super::referring::{candidates, dot, rank};
 use super::target::{augmented_frames, augmented_masks, TargetModel, View};
 use crate::error::{Error, Result};
 use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, Tensor};
+use crate::post::guided::{block_for, guided_filter};
 use crate::post::mask::{frame_logits, grid_masks, input_logits, mask_to_input, resize_plane};
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::{ObjectMemory, ObjectPrompt, PromptFile};
-use crate::spec::{JobSpec, TargetMode};
+use crate::spec::{JobSpec, RefineSpec, TargetMode};
 
 /// How many ranked queries are tried for an object before it is declared not found on a frame
 /// (a winner whose mask is at most `min_area` pixels gives way to the next).
@@ -187,6 +188,12 @@ impl Tracker {
         for o in &starting {
             self.previous.remove(&o.id);
         }
+        // Given masks are output as given, never refined.
+        let as_given: Vec<u8> = starting
+            .iter()
+            .filter(|o| o.mask.is_some())
+            .map(|o| o.id)
+            .collect();
         // Reference masks that are this frame's output, with their predicted IoU.
         let given = if starting.is_empty() {
             BTreeMap::new()
@@ -369,7 +376,12 @@ impl Tracker {
             }
         }
 
-        let labels = owners(&found, (w * h) as usize);
+        let mut labels = owners(&found, (w * h) as usize);
+        if self.job.refine.enabled {
+            let ids: Vec<u8> = found.iter().map(|f| f.0).collect();
+            let r = self.job.refine.radius_px(w.max(h), size);
+            labels = refined_labels(frame, &labels, &ids, &as_given, &self.job.refine, r);
+        }
         let objects = found
             .iter()
             .map(|(id, _, (score, pred_iou), _)| {
@@ -738,6 +750,51 @@ fn owners(found: &[Found], n: usize) -> Vec<u8> {
     labels
 }
 
+/// The frame's labels with each object's outline refined along the frame's colour edges
+/// (`post/guided.rs`, window radius `r` pixels): every object of `ids` is filtered from its pixels in
+/// `labels`, and a pixel goes to the object whose filtered mask is highest there, above
+/// `refine.threshold`. The objects of `keep` (given masks) keep their pixels exactly, and win them.
+fn refined_labels(
+    frame: &RgbImage,
+    labels: &[u8],
+    ids: &[u8],
+    keep: &[u8],
+    refine: &RefineSpec,
+    r: usize,
+) -> Vec<u8> {
+    let (w, h) = frame.dimensions();
+    let n = labels.len();
+    let mut out = vec![0u8; n];
+    let mut best = vec![refine.threshold; n];
+    for &id in keep.iter().filter(|id| ids.contains(id)) {
+        for i in (0..n).filter(|&i| labels[i] == id) {
+            out[i] = id;
+            best[i] = f32::INFINITY;
+        }
+    }
+    for &id in ids.iter().filter(|id| !keep.contains(id)) {
+        let mask = BinaryMask {
+            width: w,
+            height: h,
+            data: labels.iter().map(|&l| (l == id) as u8).collect(),
+        };
+        let Some(soft) = guided_filter(frame, &mask, r, refine.eps, block_for(r)) else {
+            continue;
+        };
+        for y in 0..soft.height {
+            let row = (soft.y0 + y) as usize * w as usize + soft.x0 as usize;
+            let q = &soft.q[(y * soft.width) as usize..((y + 1) * soft.width) as usize];
+            for (x, &v) in q.iter().enumerate() {
+                if v > best[row + x] {
+                    best[row + x] = v;
+                    out[row + x] = id;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether an object anchored on frame `start` learns from frame `index` (every `every` frames after
 /// its anchor; never with `every` 0).
 fn update_due(every: u64, start: u64, index: u64) -> bool {
@@ -931,5 +988,49 @@ mod tests {
         other[8..].iter_mut().for_each(|c| *c = false);
         assert_eq!(grid_iou(&cells, &other, &lb, 4), 1.0);
         assert_eq!(grid_iou(&[false; 16], &[false; 16], &lb, 4), 0.0);
+    }
+
+    #[test]
+    fn refined_outlines_follow_the_colours_and_given_masks_stay() {
+        // A 32 x 16 frame: dark left of column 12, light from 12 to 24, dark again from 24 on. Object 1's
+        // pixels stop at column 14 (two past its edge), object 2 owns 14..24; object 3, a given mask,
+        // holds a square across the colour edge at column 24.
+        let frame = RgbImage::from_fn(32, 16, |x, _| {
+            if (12..24).contains(&x) {
+                image::Rgb([220, 210, 200])
+            } else {
+                image::Rgb([20, 30, 40])
+            }
+        });
+        let mut labels = vec![0u8; 32 * 16];
+        for y in 0..16 {
+            for x in 0..32 {
+                labels[y * 32 + x] = match x {
+                    0..14 => 1,
+                    14..24 => 2,
+                    _ => 0,
+                };
+            }
+        }
+        for y in 2..6 {
+            for x in 22..28 {
+                labels[y * 32 + x] = 3;
+            }
+        }
+        let given = labels.clone();
+        let spec = RefineSpec::default();
+        let out = refined_labels(&frame, &labels, &[1, 2, 3], &[3], &spec, 8);
+        for y in 0..16 {
+            let row = &out[y * 32..(y + 1) * 32];
+            assert!(row[..12].iter().all(|&l| l == 1), "row {y}: {row:?}");
+            let light = if (2..6).contains(&y) { 12..22 } else { 12..24 };
+            assert!(row[light].iter().all(|&l| l == 2), "row {y}: {row:?}");
+        }
+        for i in 0..32 * 16 {
+            assert_eq!(out[i] == 3, given[i] == 3, "pixel {i}");
+        }
+        // Unrefined ids are dropped: only the listed objects are output.
+        let none = refined_labels(&frame, &labels, &[], &[], &spec, 4);
+        assert!(none.iter().all(|&l| l == 0));
     }
 }

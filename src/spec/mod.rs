@@ -204,6 +204,77 @@ pub struct JobSpec {
     /// propagate, find: how box and click prompts are looked at closer on their reference image.
     #[serde(default)]
     pub focus: FocusSpec,
+    /// propagate: output masks refined along the frame's colour edges.
+    #[serde(default)]
+    pub refine: RefineSpec,
+}
+
+/// Edge-aware refinement of propagate's output masks (`post/guided.rs`): a colour guided filter with the
+/// frame as the guide moves each object's outline, upsampled from the decoder's stride-4 grid, onto the
+/// frame's edges. What the memories and target models learn from stays the unrefined mask.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RefineSpec {
+    /// Refine (true) or keep the masks as the grid gives them (false).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The filter's window radius in cells of the mask grid (a cell: 4 model-input pixels, as frame
+    /// pixels), so that it follows the grid's coarseness whatever the frame size (4.5 cells: 24 pixels
+    /// on a 427x240 frame).
+    #[serde(default = "default_refine_radius")]
+    pub radius: f32,
+    /// The filter's ridge: how strong a colour edge must be to move the outline (colours in [0, 1]).
+    #[serde(default = "default_refine_eps")]
+    pub eps: f32,
+    /// A pixel is inside where the filtered mask exceeds this.
+    #[serde(default = "default_refine_threshold")]
+    pub threshold: f32,
+}
+
+impl Default for RefineSpec {
+    fn default() -> Self {
+        RefineSpec {
+            enabled: true,
+            radius: default_refine_radius(),
+            eps: default_refine_eps(),
+            threshold: default_refine_threshold(),
+        }
+    }
+}
+
+impl RefineSpec {
+    /// Why the settings cannot be used, naming the key under `job.refine`.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.radius > 0.0 && self.radius <= 64.0) {
+            return Err(
+                "job.refine.radius: must be a number of grid cells in (0, 64] (e.g. 4.5)".into(),
+            );
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err("job.refine.eps: must be a positive number (e.g. 0.0001)".into());
+        }
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            return Err("job.refine.threshold: must be a number in (0, 1) (e.g. 0.5)".into());
+        }
+        Ok(())
+    }
+
+    /// The window radius in frame pixels for a frame whose long side is `frame_long` pixels and a model
+    /// input of `input` pixels (the mask grid's stride is 4), at least 1.
+    pub fn radius_px(&self, frame_long: u32, input: u32) -> usize {
+        let cell = 4.0 * frame_long as f32 / input.max(1) as f32;
+        (self.radius * cell).round().max(1.0) as usize
+    }
+}
+
+fn default_refine_radius() -> f32 {
+    4.5
+}
+fn default_refine_eps() -> f32 {
+    1e-4
+}
+fn default_refine_threshold() -> f32 {
+    0.5
 }
 
 /// Looking closer at a box or click prompt on its reference image (`decode/focus.rs`): the prompt is
@@ -587,6 +658,7 @@ impl Default for JobSpec {
             manifest: None,
             target: TargetSpec::default(),
             focus: FocusSpec::default(),
+            refine: RefineSpec::default(),
         }
     }
 }
@@ -918,6 +990,7 @@ impl PipelineSpec {
             );
         }
         self.job.focus.check()?;
+        self.job.refine.check()?;
         if self.job.kind == JobKind::Propagate && self.prompts.is_none() {
             return Err(
                 "prompts: the propagate job needs a prompt file (objects to follow)".into(),
@@ -1175,6 +1248,9 @@ mod tests {
             ("job.target.readout.weight=1.5", "readout.weight"),
             ("job.target.readout.temperature=0", "readout.temperature"),
             ("job.target.readout.top_k=0", "top_k"),
+            ("job.refine.radius=0", "job.refine.radius"),
+            ("job.refine.eps=-1", "job.refine.eps"),
+            ("job.refine.threshold=1", "job.refine.threshold"),
         ] {
             let e = PipelineSpec::parse(MIN, Path::new("p.yaml"), &[set.into()]).unwrap_err();
             assert!(e.to_string().contains(key), "{set}: {e}");
@@ -1186,5 +1262,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.job.target.readout.weight, 0.7);
+        // Refinement is on by default; 4.5 cells are 24 pixels on a 427-pixel-wide frame at 320.
+        assert!(ok.job.refine.enabled);
+        assert_eq!(ok.job.refine.radius_px(427, 320), 24);
+        assert_eq!(ok.job.refine.radius_px(854, 320), 48);
     }
 }
