@@ -188,12 +188,6 @@ impl Tracker {
         for o in &starting {
             self.previous.remove(&o.id);
         }
-        // Given masks are output as given, never refined.
-        let as_given: Vec<u8> = starting
-            .iter()
-            .filter(|o| o.mask.is_some())
-            .map(|o| o.id)
-            .collect();
         // Reference masks that are this frame's output, with their predicted IoU.
         let given = if starting.is_empty() {
             BTreeMap::new()
@@ -380,7 +374,9 @@ impl Tracker {
         if self.job.refine.enabled {
             let ids: Vec<u8> = found.iter().map(|f| f.0).collect();
             let r = self.job.refine.radius_px(w.max(h), size);
-            labels = refined_labels(frame, &labels, &ids, &as_given, &self.job.refine, r);
+            // Reference masks (given, or decoded from the prompt on its own image) stay as they are.
+            let references: Vec<u8> = given.keys().copied().collect();
+            labels = refined_labels(frame, &labels, &ids, &references, &self.job.refine, r);
         }
         let objects = found
             .iter()
@@ -753,7 +749,7 @@ fn owners(found: &[Found], n: usize) -> Vec<u8> {
 /// The frame's labels with each object's outline refined along the frame's colour edges
 /// (`post/guided.rs`, window radius `r` pixels): every object of `ids` is filtered from its pixels in
 /// `labels`, and a pixel goes to the object whose filtered mask is highest there, above
-/// `refine.threshold`. The objects of `keep` (given masks) keep their pixels exactly, and win them.
+/// `refine.threshold`. The objects of `keep` (reference masks) keep their pixels exactly, and win them.
 fn refined_labels(
     frame: &RgbImage,
     labels: &[u8],

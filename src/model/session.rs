@@ -1,6 +1,7 @@
 //! The three ONNX graphs of a model as sessions: tensors in, tensors out, checked against the contract.
 //! Pixels, letterboxing and masks live elsewhere (`letterbox.rs`, `post/`).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -259,6 +260,10 @@ impl Model {
     pub fn encode(&self, images: &Tensor) -> Result<Vec<Features>> {
         let outs = run(&self.encoder, &[(names::IMAGE, images)])?;
         let b = images.shape[0];
+        if b == 1 {
+            // One item: the outputs are its features as they are, moved, not copied.
+            return Ok(vec![Features { maps: outs }]);
+        }
         Ok((0..b)
             .map(|i| Features {
                 maps: outs.iter().map(|(n, t)| (n.clone(), t.item(i))).collect(),
@@ -300,8 +305,10 @@ impl Model {
                 .collect(),
         );
         let stacked = stack_inputs(&self.decoder, feats)?;
-        let mut inputs: Vec<(&str, &Tensor)> =
-            stacked.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut inputs: Vec<(&str, &Tensor)> = stacked
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_ref()))
+            .collect();
         inputs.push((kind.name(), &rows));
         let outs = run(&self.decoder, &inputs)?;
         let get = |n: &str| -> Result<&Tensor> {
@@ -342,6 +349,29 @@ impl Model {
             return Err(shape_err(names::MASK_EMBED, mask));
         }
         let (d, m) = (embed.shape[2], mask.shape[2]);
+        if b == 1 {
+            // One item: its outputs moved, not copied.
+            let mut outs = outs;
+            let mut take = |n: &str| {
+                outs.iter_mut()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, t)| std::mem::take(&mut t.data))
+                    .unwrap_or_default()
+            };
+            let boxes = take(names::PRED_BOXES);
+            return Ok(vec![Queries {
+                count: q,
+                iou: take(names::PRED_IOU),
+                boxes_cxcywh: boxes
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect(),
+                embed: take(names::QUERY_EMBED),
+                embed_dim: d,
+                mask_embed: take(names::MASK_EMBED),
+                mask_dim: m,
+            }]);
+        }
         Ok((0..b)
             .map(|i| Queries {
                 count: q,
@@ -361,8 +391,10 @@ impl Model {
     /// Encodes `P` prompt masks (`[P,1,S,S]`, 1 inside) on one frame's features; returns `P` embeddings.
     pub fn encode_prompts(&self, feats: &Features, masks: &Tensor) -> Result<Vec<Vec<f32>>> {
         let stacked = stack_inputs(&self.prompt_encoder, &[feats])?;
-        let mut inputs: Vec<(&str, &Tensor)> =
-            stacked.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut inputs: Vec<(&str, &Tensor)> = stacked
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_ref()))
+            .collect();
         inputs.push((names::PROMPT_MASK, masks));
         let outs = run(&self.prompt_encoder, &inputs)?;
         let t = &outs
@@ -390,8 +422,11 @@ impl Model {
     }
 }
 
-/// The encoder outputs a graph takes, stacked over a batch of frames.
-fn stack_inputs(graph: &Graph, feats: &[&Features]) -> Result<Vec<(String, Tensor)>> {
+/// The encoder outputs a graph takes, stacked over a batch of frames; one frame's are lent as they are.
+fn stack_inputs<'a>(
+    graph: &Graph,
+    feats: &[&'a Features],
+) -> Result<Vec<(String, Cow<'a, Tensor>)>> {
     let mut out = Vec::new();
     for t in &graph.spec.inputs {
         if t.name == names::POINTS || t.name == names::ANCHORS || t.name == names::PROMPT_MASK {
@@ -406,7 +441,11 @@ fn stack_inputs(graph: &Graph, feats: &[&Features]) -> Result<Vec<(String, Tenso
                 })
             })
             .collect::<Result<_>>()?;
-        out.push((t.name.clone(), Tensor::stack(&items)));
+        let batch = match items.as_slice() {
+            [one] => Cow::Borrowed(*one),
+            _ => Cow::Owned(Tensor::stack(&items)),
+        };
+        out.push((t.name.clone(), batch));
     }
     Ok(out)
 }

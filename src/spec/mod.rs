@@ -211,7 +211,8 @@ pub struct JobSpec {
 
 /// Edge-aware refinement of propagate's output masks (`post/guided.rs`): a colour guided filter with the
 /// frame as the guide moves each object's outline, upsampled from the decoder's stride-4 grid, onto the
-/// frame's edges. What the memories and target models learn from stays the unrefined mask.
+/// frame's edges. Reference masks (an object's mask on the frame it is prompted on) stay as they are;
+/// what the memories and target models learn from stays the unrefined mask.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RefineSpec {
