@@ -228,8 +228,9 @@ enum EvalCommand {
         /// At most this many images (of the split, in file name order).
         #[arg(long)]
         limit: Option<usize>,
-        /// `on`: the prompt is also decoded on crops around it, as `vprompt propagate` and `find` do
-        /// with the default `job.focus`; `off`: on the whole image only.
+        /// `on`: the prompt is also decoded on crops around it and its outline moved onto colour edges,
+        /// as `vprompt propagate` and `find` do with the default `job.focus`; `off`: on the whole image
+        /// only, the mask as decoded.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         focus: String,
         /// Print the report as JSON instead of the table.

@@ -9,11 +9,12 @@ use crate::error::{Error, Result};
 use crate::model::contract::names;
 use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, QueryAnchor};
 use crate::post::distance::most_interior_pixel;
+use crate::post::guided::{block_for, guided_filter};
 use crate::post::mask::frame_mask;
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::ObjectPrompt;
-use crate::spec::FocusSpec;
+use crate::spec::{FocusSpec, RefineSpec};
 
 /// Most query rows one object's prompt is decoded with; a prompt with more (many points or scribbles)
 /// is decoded with an evenly spaced subset of its rows, while the choice still checks every point.
@@ -206,7 +207,37 @@ pub fn reference_mask(
         .get(names::MASK_FEAT)
         .ok_or_else(|| Error::Runtime("the encoder gave no `mask_feat`".into()))?;
     let whole = candidates(&q, model.spec.queries.generic, mask_feat, lb, &cues);
-    refine(model, pre, image, o, &cues, whole, focus)
+    let choice = refine(model, pre, image, o, &cues, whole, focus)?;
+    let clicked = o.mask.is_none() && o.scribbles.is_empty();
+    Ok(match choice {
+        Some(c) if clicked && focus.edges > 0.0 => Some(to_edges(c, image, model, focus.edges)),
+        c => c,
+    })
+}
+
+/// A decoded box or click mask with its outline moved onto the image's colour edges: the guided filter
+/// of `post/guided.rs` with a radius of `cells` mask-grid cells of the whole image (kept as it is when
+/// the filter leaves nothing).
+fn to_edges(mut c: Choice, image: &RgbImage, model: &Model, cells: f32) -> Choice {
+    let (w, h) = image.dimensions();
+    let spec = RefineSpec {
+        radius: cells,
+        ..RefineSpec::default()
+    };
+    let r = spec.radius_px(w.max(h), model.input_size());
+    if let Some(soft) = guided_filter(image, &c.mask, r, spec.eps, block_for(r)) {
+        let mut m = BinaryMask::empty(w, h);
+        for y in 0..soft.height {
+            for x in 0..soft.width {
+                let v = soft.q[(y * soft.width + x) as usize];
+                m.data[((soft.y0 + y) * w + soft.x0 + x) as usize] = (v > spec.threshold) as u8;
+            }
+        }
+        if m.area() > 0 {
+            c.mask = m;
+        }
+    }
+    c
 }
 
 #[cfg(test)]

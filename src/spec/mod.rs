@@ -303,6 +303,10 @@ pub struct FocusSpec {
     /// beside its predicted IoU.
     #[serde(default = "default_focus_agreement")]
     pub agreement: f32,
+    /// A box or click prompt's chosen mask is moved onto the image's colour edges by a guided filter
+    /// (`post/guided.rs`) with this radius in mask-grid cells of the whole image; 0: left as decoded.
+    #[serde(default = "default_focus_edges")]
+    pub edges: f32,
 }
 
 /// Most crops a click prompt may be decoded on.
@@ -317,15 +321,17 @@ impl Default for FocusSpec {
             scales: default_focus_scales(),
             min_side: default_focus_min_side(),
             agreement: default_focus_agreement(),
+            edges: default_focus_edges(),
         }
     }
 }
 
 impl FocusSpec {
-    /// The whole image only.
+    /// The whole image only, its mask as decoded.
     pub fn off() -> Self {
         FocusSpec {
             enabled: false,
+            edges: 0.0,
             ..FocusSpec::default()
         }
     }
@@ -352,6 +358,12 @@ impl FocusSpec {
         if !(self.agreement >= 0.0 && self.agreement.is_finite()) {
             return Err("job.focus.agreement: must be a number >= 0 (e.g. 1.0)".into());
         }
+        if !(0.0..=64.0).contains(&self.edges) {
+            return Err(
+                "job.focus.edges: must be a number of grid cells from 0 (off) to 64 (e.g. 1.5)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -367,6 +379,9 @@ fn default_focus_scales() -> Vec<f32> {
 }
 fn default_focus_min_side() -> f32 {
     0.6
+}
+fn default_focus_edges() -> f32 {
+    1.5
 }
 fn default_focus_agreement() -> f32 {
     1.0
@@ -1250,6 +1265,7 @@ mod tests {
             ("job.target.readout.temperature=0", "readout.temperature"),
             ("job.target.readout.top_k=0", "top_k"),
             ("job.refine.radius=0", "job.refine.radius"),
+            ("job.focus.edges=-1", "job.focus.edges"),
             ("job.refine.eps=-1", "job.refine.eps"),
             ("job.refine.threshold=1", "job.refine.threshold"),
         ] {
