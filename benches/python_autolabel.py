@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from python_propagate import Model, frame_logits, input_logits, letterbox, letterbox_size, peak_rss_kib
+from python_propagate import (Model, frame_logits, grid_points, input_logits, letterbox, letterbox_size,
+                              peak_rss_kib)
 
 MIN_IOU = 0.3  # least predicted IoU of a proposal
 PROPOSAL_NMS = 0.7  # mask IoU above which a proposal repeats a better one
@@ -97,10 +98,10 @@ def describe(maps, cells):
     """A grid mask's descriptor: each map averaged over the cells under the mask (a grid cell counts
     in the map cell under its centre), each part L2-normalised, then the whole."""
     side = cells.shape[0]
+    ys, xs = np.nonzero(cells)
     parts = []
     for t in maps:
-        c, h, w = t.shape[1:]
-        ys, xs = np.nonzero(cells)
+        h, w = t.shape[2:]
         my = np.minimum((ys * h + h // 2) // side, h - 1)
         mx = np.minimum((xs * w + w // 2) // side, w - 1)
         parts.append(unit(t[0][:, my, mx].mean(1)))
@@ -120,9 +121,7 @@ def main():
     ap.add_argument("--grid", type=int, default=12)
     a = ap.parse_args()
     model = Model(a.model, a.threads)
-    g = a.grid
-    model.points = np.array([[(i + 0.5) / g, (j + 0.5) / g] for j in range(g) for i in range(g)],
-                            dtype=np.float32)
+    model.points = grid_points(a.grid)
     with open(a.bank) as f:
         ids, names, protos = prototypes(json.load(f))
     descriptor = model.spec["classifier"].get("descriptor") or []

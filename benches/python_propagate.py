@@ -54,6 +54,12 @@ MEMORY_MIN_SCORE = 0.5  # a prediction goes into the memory when its softmax sco
 # Model
 
 
+def grid_points(g):
+    """The g x g point grid: cell centres, row-major (y outer, x inner), (x, y) normalised to the model
+    input."""
+    return np.array([[(i + 0.5) / g, (j + 0.5) / g] for j in range(g) for i in range(g)], dtype=np.float32)
+
+
 class Model:
     """The three ONNX graphs of a vprompt model folder and its model.yaml."""
 
@@ -79,11 +85,7 @@ class Model:
         self.std = np.array(inp["std"], dtype=np.float32)
         q = self.spec["queries"]
         self.generic = int(q["generic"])
-        g = int(q["grid"])
-        # Cell centres, row-major (y outer, x inner), (x, y) normalised to the model input.
-        self.points = np.array(
-            [[(i + 0.5) / g, (j + 0.5) / g] for j in range(g) for i in range(g)], dtype=np.float32
-        )
+        self.points = grid_points(int(q["grid"]))
         self.logit_scale = float(self.spec["classifier"]["logit_scale"])
 
     @staticmethod

@@ -220,22 +220,17 @@ pub fn reference_mask(
 /// the filter leaves nothing).
 fn to_edges(mut c: Choice, image: &RgbImage, model: &Model, cells: f32) -> Choice {
     let (w, h) = image.dimensions();
-    let spec = RefineSpec {
+    // The filter of `job.refine` at its defaults, with this radius.
+    let filter = RefineSpec {
         radius: cells,
         ..RefineSpec::default()
     };
-    let r = spec.radius_px(w.max(h), model.input_size());
-    if let Some(soft) = guided_filter(image, &c.mask, r, spec.eps, block_for(r)) {
-        let mut m = BinaryMask::empty(w, h);
-        for y in 0..soft.height {
-            for x in 0..soft.width {
-                let v = soft.q[(y * soft.width + x) as usize];
-                m.data[((soft.y0 + y) * w + soft.x0 + x) as usize] = (v > spec.threshold) as u8;
-            }
-        }
-        if m.area() > 0 {
-            c.mask = m;
-        }
+    let r = filter.radius_px(w.max(h), model.input_size());
+    let snapped = guided_filter(image, &c.mask, r, filter.eps, block_for(r))
+        .map(|soft| soft.above(filter.threshold, w, h))
+        .filter(|m| m.area() > 0);
+    if let Some(m) = snapped {
+        c.mask = m;
     }
     c
 }

@@ -46,6 +46,18 @@ impl SoftMask {
         }
         self.q[((y - self.y0) * self.width + x - self.x0) as usize]
     }
+
+    /// The pixels of a `width x height` frame where the filtered mask exceeds `threshold`.
+    pub fn above(&self, threshold: f32, width: u32, height: u32) -> BinaryMask {
+        let mut m = BinaryMask::empty(width, height);
+        for (y, row) in self.q.chunks_exact(self.width.max(1) as usize).enumerate() {
+            let start = (self.y0 as usize + y) * width as usize + self.x0 as usize;
+            for (dst, &v) in m.data[start..start + row.len()].iter_mut().zip(row) {
+                *dst = (v > threshold) as u8;
+            }
+        }
+        m
+    }
 }
 
 /// The guided filter of `mask` with `image` (the same size) as the guide, colours scaled to `[0, 1]`:
@@ -451,6 +463,14 @@ mod tests {
             // Deep inside and far outside nothing changes.
             assert!((soft.at(30, 20) - 1.0).abs() < 1e-5, "step {step}");
             assert_eq!(soft.at(0, 0), 0.0);
+        }
+        // As a frame mask: the pixels whose filtered value exceeds the threshold, nothing else.
+        let soft = guided_filter(&image, &mask, 2, 1e-4, 1).unwrap();
+        let m = soft.above(0.5, 60, 40);
+        for y in 0..40 {
+            for x in 0..60 {
+                assert_eq!(m.data[(y * 60 + x) as usize] != 0, soft.at(x, y) > 0.5);
+            }
         }
         assert!(guided_filter(&image, &BinaryMask::empty(60, 40), 2, 1e-4, 1).is_none());
         assert!(guided_filter(&image, &BinaryMask::empty(40, 60), 2, 1e-4, 1).is_none());
