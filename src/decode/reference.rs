@@ -10,7 +10,7 @@ use crate::model::contract::names;
 use crate::model::{Features, Letterbox, Model, Preprocessor, Queries, QueryAnchor};
 use crate::post::distance::most_interior_pixel;
 use crate::post::guided::{block_for, guided_filter};
-use crate::post::mask::frame_mask;
+use crate::post::mask::{frame_mask, stability};
 use crate::post::BinaryMask;
 use crate::prompt::raster::rasterize;
 use crate::prompt::ObjectPrompt;
@@ -169,6 +169,7 @@ pub fn candidates(
             fits: cues.fit(&mask),
             mask,
             cut: false,
+            stability: stability(mask_feat, q.mask_row(i)),
         });
     }
     out

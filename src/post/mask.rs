@@ -164,6 +164,19 @@ pub fn input_logits(mask_feat: &Tensor, mask_embed: &[f32], size: u32) -> Vec<f3
     resize_plane(&g, gw, gw, gh, s, s)
 }
 
+/// How little a query's mask depends on where its logits are cut (SAM's stability score, Kirillov et al.
+/// 2023): the grid cells with a logit above `+1` over those above `-1`; 0 when none is above `-1`.
+pub fn stability(mask_feat: &Tensor, mask_embed: &[f32]) -> f32 {
+    let (g, _, _) = grid_logits(mask_feat, mask_embed);
+    let loose = g.iter().filter(|&&v| v > -1.0).count();
+    let tight = g.iter().filter(|&&v| v > 1.0).count();
+    if loose == 0 {
+        0.0
+    } else {
+        tight as f32 / loose as f32
+    }
+}
+
 /// Model-input logits -> frame-resolution logits (crop the letterboxed area, resize to the frame).
 pub fn frame_logits(input_logits: &[f32], lb: &Letterbox) -> Vec<f32> {
     resize_plane(
@@ -343,6 +356,17 @@ mod tests {
         // 2x1 -> 4x1 with align_corners=False gives [a, a+0.25d, a+0.75d, b] (torch.nn.functional.interpolate).
         let out = resize_plane(&[0.0, 4.0], 2, 2, 1, 4, 1);
         assert_eq!(out, vec![0.0, 1.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn stability_is_the_firm_share_of_the_loose_mask() {
+        // One channel, embed 1: logits are the feature values. Above -1: 4 cells; above +1: 1.
+        let feat = Tensor::new(vec![1, 1, 1, 5], vec![-3.0, -0.5, 0.5, 0.9, 2.0]);
+        assert_eq!(stability(&feat, &[1.0]), 0.25);
+        // Embed 2: -6, -1, 1, 1.8, 4: above -1 three cells (not -1 itself), above +1 two.
+        assert_eq!(stability(&feat, &[2.0]), 2.0 / 3.0);
+        let none = Tensor::new(vec![1, 1, 1, 2], vec![-5.0, -2.0]);
+        assert_eq!(stability(&none, &[1.0]), 0.0);
     }
 
     #[test]

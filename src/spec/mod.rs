@@ -303,6 +303,10 @@ pub struct FocusSpec {
     /// beside its predicted IoU.
     #[serde(default = "default_focus_agreement")]
     pub agreement: f32,
+    /// A click prompt: weight of a candidate's stability score (the share of its mask that stays when
+    /// the logit threshold moves from -1 to +1) beside its predicted IoU.
+    #[serde(default = "default_focus_stability")]
+    pub stability: f32,
     /// A box or click prompt's chosen mask is moved onto the image's colour edges by a guided filter
     /// (`post/guided.rs`) with this radius in mask-grid cells of the whole image; 0: left as decoded.
     #[serde(default = "default_focus_edges")]
@@ -321,6 +325,7 @@ impl Default for FocusSpec {
             scales: default_focus_scales(),
             min_side: default_focus_min_side(),
             agreement: default_focus_agreement(),
+            stability: default_focus_stability(),
             edges: default_focus_edges(),
         }
     }
@@ -358,6 +363,9 @@ impl FocusSpec {
         if !(self.agreement >= 0.0 && self.agreement.is_finite()) {
             return Err("job.focus.agreement: must be a number >= 0 (e.g. 1.0)".into());
         }
+        if !(self.stability >= 0.0 && self.stability.is_finite()) {
+            return Err("job.focus.stability: must be a number >= 0 (e.g. 1.0)".into());
+        }
         if !(0.0..=64.0).contains(&self.edges) {
             return Err(
                 "job.focus.edges: must be a number of grid cells from 0 (off) to 64 (e.g. 1.5)"
@@ -384,6 +392,9 @@ fn default_focus_edges() -> f32 {
     1.5
 }
 fn default_focus_agreement() -> f32 {
+    1.0
+}
+fn default_focus_stability() -> f32 {
     1.0
 }
 
