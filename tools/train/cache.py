@@ -164,6 +164,10 @@ def main():
     ap.add_argument("--prefix", default="chunk", help="chunk file prefix (several caches can share a folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--taps", action="store_true", help="also store the backbone taps t4/t8/t16 (fp16)")
+    ap.add_argument("--zoom", default="",
+                    help="A,B: the DUTS and COCO composite views are zoomed A-B times the letterbox fit and cropped "
+                         "around a random pixel of a random instance (both views around the same one), as the "
+                         "runtime's click crops (`job.focus`) see an object; views marked kind 'zoom'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -180,6 +184,8 @@ def main():
     rng = src.rng
     aug = Aug(S, rng)
     aug_plain = Aug(S, rng, scale=(0.85, 1.4), color=False)
+    zoom = tuple(float(v) for v in args.zoom.split(",")) if args.zoom else None
+    aug_zoom = Aug(S, rng, scale=zoom) if zoom else None
     jobs = [("duts", s) for s in rng.sample(src.duts, min(args.duts, len(src.duts)))]
     jobs += [("coco", k) for k in range(len(src.coco.items)) for _ in range(args.coco_rep)]
     jobs += [("davis", None)] * args.davis
@@ -215,10 +221,17 @@ def main():
                 masks, ign = list(cm), torch.zeros(img.shape[1:], dtype=torch.bool)
             img, masks, ign = src.composite(img, masks, ign, rng.choice(pastes))
             views = [(img, masks, ign)] * 2
+        centre, use = None, aug_plain if kind == "plain" else aug
+        if aug_zoom is not None and kind in ("duts", "coco") and views[0][1]:
+            obj = views[0][1][rng.randrange(len(views[0][1]))]
+            ys, xs = np.nonzero(obj.numpy())
+            if len(ys):
+                k = rng.randrange(len(ys))
+                centre, use = (int(ys[k]), int(xs[k])), aug_zoom
         out = []
         for img, masks, ign in views:
             stack = torch.stack(list(masks) + [ign]) if masks else ign[None]
-            a, m = (aug_plain if kind == "plain" else aug)(img, stack)
+            a, m = use(img, stack, centre)
             out.append((a, m[:-1], m[-1]))
         return out
 
@@ -241,7 +254,8 @@ def main():
             for v in range(2):
                 img, m, ig = pv[v]
                 lab, kept = labs[v]
-                views.append(dict(img=img, lab=lab, masks=m, kept=kept, both=both, kind=kind))
+                views.append(dict(img=img, lab=lab, masks=m, kept=kept, both=both,
+                                  kind="zoom" if zoom and kind in ("duts", "coco") else kind))
             pairs.append((len(views) - 2, len(views) - 1))
         imgs = torch.stack([v["img"] for v in views])
         feats = []

@@ -57,7 +57,9 @@ class Aug:
         self.scale = scale  # random zoom relative to the letterbox fit
         self.color = color  # colour jitter (off: geometry only, as `cache.py --coco-plain` uses)
 
-    def __call__(self, img, masks):
+    def __call__(self, img, masks, centre=None):
+        """`centre` (y, x) in `img` pixels: the crop window (when the zoomed image exceeds S) holds this
+        point, at a random place of its middle 60% (as a crop around a click does); else the window is random."""
         S = self.size
         rng = self.rng
         _, H, W = img.shape
@@ -70,8 +72,13 @@ class Aug:
         else:
             m = torch.zeros(0, nh, nw, dtype=torch.bool)
         # crop window (if larger than S) and placement (top-left letterbox or random offset)
-        y0 = rng.randint(0, max(0, nh - S))
-        x0 = rng.randint(0, max(0, nw - S))
+        if centre is None:
+            y0 = rng.randint(0, max(0, nh - S))
+            x0 = rng.randint(0, max(0, nw - S))
+        else:
+            cy, cx = centre[0] * nh / H, centre[1] * nw / W
+            y0 = min(max(0, nh - S), max(0, round(cy - S * rng.uniform(0.2, 0.8))))
+            x0 = min(max(0, nw - S), max(0, round(cx - S * rng.uniform(0.2, 0.8))))
         img = img[:, y0:y0 + S, x0:x0 + S]
         m = m[:, y0:y0 + S, x0:x0 + S]
         h, w = img.shape[1:]
