@@ -229,6 +229,85 @@ fn fixture_models_segment_the_squares_they_are_prompted_on() {
 }
 
 #[test]
+fn instances_file_lists_every_scored_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gt, images) = scene(tmp.path());
+    let list = tmp.path().join("instances.jsonl");
+    let r = eval_json(
+        &gt,
+        &images,
+        "click",
+        &fixture("anchor-model"),
+        &["--instances", list.to_str().unwrap()],
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&list)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    // The three red squares; the green ones are under --min-size.
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let files: Vec<&str> = rows.iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(files, ["s0.png", "s1.png", "s2.png"]);
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| r["annotation"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3, 5]);
+    // `scene`'s squares: centres and areas.
+    let want = [
+        ([56.0, 64.0], 96 * 96),
+        ([64.0, 64.0], 96 * 96),
+        ([60.0, 68.0], 104 * 104),
+    ];
+    for (row, (centre, area)) in rows.iter().zip(want) {
+        assert_eq!(row["area"].as_u64(), Some(area), "{row}");
+        // The click is the square's most interior pixel: one of the (even-sided) square's four
+        // central pixels, at its pixel centre.
+        let p = row["prompt"].as_array().unwrap();
+        assert_eq!(p.len(), 2, "{row}");
+        for (v, c) in p.iter().zip(centre) {
+            assert!((v.as_f64().unwrap() - c).abs() <= 1.0, "{row}");
+        }
+        assert!(row["pred_iou"].as_f64().is_some(), "{row}");
+        assert!(row["mask_area"].as_u64().unwrap() > 0, "{row}");
+    }
+    // The table's mean is the mean of the listed IoUs.
+    let mean = rows.iter().map(|r| r["iou"].as_f64().unwrap()).sum::<f64>() / 3.0;
+    let all = r["buckets"][3]["miou_model"].as_f64().unwrap();
+    assert!((mean - all).abs() < 1e-9, "{mean} vs {all}");
+    // The report's JSON stays the summary: the list goes to the file only.
+    assert!(r.get("instances").is_none(), "{r}");
+}
+
+#[test]
+fn instances_file_that_cannot_be_created_fails_before_evaluating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gt, images) = scene(tmp.path());
+    let bad = tmp.path().join("no-such-dir/instances.jsonl");
+    let o = vprompt(&[
+        "eval",
+        "prompts",
+        "--gt",
+        gt.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--prompt",
+        "box",
+        "--model",
+        fixture("anchor-model").to_str().unwrap(),
+        "--instances",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--instances") && e.contains("no-such-dir"),
+        "{e}"
+    );
+}
+
+#[test]
 fn errors_name_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (gt, images) = scene(tmp.path());

@@ -236,6 +236,11 @@ enum EvalCommand {
         /// Print the report as JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write every scored instance to this file, one JSON object per line (image, annotation,
+        /// category, area, the prompt, IoU, filled-box IoU, predicted IoU, mask area): for finding
+        /// where a model fails.
+        #[arg(long)]
+        instances: Option<PathBuf>,
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -560,6 +565,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             limit,
             focus,
             json,
+            instances,
             device,
         }) => {
             use crate::eval::prompts::{evaluate, PromptEvalOptions, PromptKind, Split};
@@ -594,7 +600,25 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     FocusSpec::off()
                 },
             };
+            // Opened before the (long) evaluation, so that a path that cannot be written fails at once.
+            let instances_file = instances
+                .map(|path| {
+                    std::fs::File::create(&path)
+                        .map(|f| (f, path.clone()))
+                        .with_context(|| format!("cannot create --instances {}", path.display()))
+                })
+                .transpose()?;
             let report = evaluate(&model, &opts)?;
+            if let Some((file, path)) = instances_file {
+                use std::io::Write;
+                let mut w = std::io::BufWriter::new(file);
+                for s in &report.instances {
+                    serde_json::to_writer(&mut w, s)?;
+                    w.write_all(b"\n")?;
+                }
+                w.flush()
+                    .with_context(|| format!("cannot write --instances {}", path.display()))?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -82,6 +82,32 @@ pub struct PromptReport {
     pub missing_images: usize,
     /// small (area < 32^2), medium (< 96^2), large, all: by ground-truth mask area.
     pub buckets: Vec<Bucket>,
+    /// Every scored instance, in the order evaluated (`--instances` writes them; not in `--json`).
+    #[serde(skip)]
+    pub instances: Vec<InstanceScore>,
+}
+
+/// One scored instance: what it was, the prompt it got and how the answer scored.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceScore {
+    /// The image's `file_name`.
+    pub file: String,
+    pub image_id: u64,
+    /// The annotation's `id`, else its index in the file's `annotations`.
+    pub annotation: u64,
+    pub category_id: u32,
+    /// Ground-truth mask area in pixels.
+    pub area: u64,
+    /// The prompt in image pixels: the click `[x, y]` or the box `[x0, y0, x1, y1]`.
+    pub prompt: Vec<f32>,
+    /// IoU of the model's mask with the instance (0 when it gave none).
+    pub iou: f64,
+    /// IoU of the filled box with the instance.
+    pub filled_box_iou: f64,
+    /// The chosen mask's predicted IoU; absent when the model gave no mask.
+    pub pred_iou: Option<f32>,
+    /// Pixels in the model's mask.
+    pub mask_area: u64,
 }
 
 /// COCO's area ranges.
@@ -172,7 +198,7 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
     }
 
     let mut pre = Preprocessor::new(&model.spec.input);
-    let mut scores: Vec<Score> = Vec::new();
+    let mut instances: Vec<InstanceScore> = Vec::new();
     for im in &present {
         let path = opts.images.join(&im.file);
         let rgb = read_rgb(&path, crate::spec::RuntimeSpec::default().max_frame_pixels)?;
@@ -219,26 +245,44 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
             };
             let min = opts.min_size as f64;
             if bw >= min && bh >= min {
-                gts.push((gt, b));
+                gts.push((gt, b, a.id.unwrap_or(*k as u64), a.category_id));
             }
         }
         if gts.is_empty() {
             continue;
         }
         let (feats, lb) = model.encode_image(&mut pre, &rgb)?;
-        for (gt, b) in gts {
+        for (gt, b, annotation, category_id) in gts {
             let mut o = ObjectPrompt::at_frame(1, 0);
-            match opts.prompt {
-                PromptKind::Box => o.box_xyxy = Some(b.map(|v| v as f32)),
+            let prompt = match opts.prompt {
+                PromptKind::Box => {
+                    let bf = b.map(|v| v as f32);
+                    o.box_xyxy = Some(bf);
+                    bf.to_vec()
+                }
                 PromptKind::Click => {
                     let p = most_interior_pixel(&gt).expect("a mask with a box has a pixel");
                     o.points = vec![[p[0] as f32 + 0.5, p[1] as f32 + 0.5]];
+                    o.points[0].to_vec()
                 }
-            }
-            let mask = reference_mask(model, &mut pre, &rgb, &feats, &lb, &o, &opts.focus)?
+            };
+            let choice = reference_mask(model, &mut pre, &rgb, &feats, &lb, &o, &opts.focus)?;
+            let pred_iou = choice.as_ref().map(|c| c.pred_iou);
+            let mask = choice
                 .map(|c| c.mask)
                 .unwrap_or_else(|| BinaryMask::empty(im.width, im.height));
-            scores.push((gt.area(), mask.iou(&gt), filled_box(b, &gt).iou(&gt)));
+            instances.push(InstanceScore {
+                file: im.file.clone(),
+                image_id: im.id,
+                annotation,
+                category_id,
+                area: gt.area(),
+                prompt,
+                iou: mask.iou(&gt),
+                filled_box_iou: filled_box(b, &gt).iou(&gt),
+                pred_iou,
+                mask_area: mask.area(),
+            });
         }
     }
     Ok(PromptReport {
@@ -254,7 +298,13 @@ pub fn evaluate(model: &Model, opts: &PromptEvalOptions) -> Result<PromptReport>
         focus: opts.focus.enabled,
         images: present.len(),
         missing_images: missing.len(),
-        buckets: buckets(&scores),
+        buckets: buckets(
+            &instances
+                .iter()
+                .map(|s| (s.area, s.iou, s.filled_box_iou))
+                .collect::<Vec<Score>>(),
+        ),
+        instances,
     })
 }
 
