@@ -28,10 +28,14 @@ class EncoderL(nn.Module):
         super().__init__()
         self.enc = base.encoder
         self.mf = local.mask_features
+        self.local = local
 
     def forward(self, image):
         f8, f16, f32, mf, taps, top = self.enc(image, with_taps=True, with_top=True)
-        return f8, f16, f32, self.mf(f8, mf, f16, taps), top
+        out = (f8, f16, f32, self.mf(f8, mf, f16, taps), top)
+        if self.local.dec_features is not None:  # the decoder's own features: extra outputs, read by name
+            out = out + self.local.decoder_inputs(f8, f16, f32, taps)
+        return out
 
 
 class DecoderL(nn.Module):
@@ -40,6 +44,7 @@ class DecoderL(nn.Module):
         self.dec = local.decoder
 
     def forward(self, feat8, feat16, feat32, mask_feat, anchors):
+        """With the `dec` branch the first three are the encoder's dfeat8/16/32."""
         B = feat8.shape[0]
         rows = anchors[None].expand(B, anchors.shape[0], 4)
         return self.dec((feat8, feat16, feat32, mask_feat), rows)
@@ -57,6 +62,13 @@ def load(base_ckpt, local_ckpt):
 
 # class_feat: the backbone's stride-32 output, which auto-labeling pools inside masks into class descriptors
 ENCODER_OUTPUTS = ["feat8", "feat16", "feat32", "mask_feat", "class_feat"]
+# with the `dec` branch (train_local.py --dec) the encoder also gives the decoder's own feat8/16/32
+DEC_FEATS = ["dfeat8", "dfeat16", "dfeat32"]
+
+
+def decoder_feats(local):
+    """The names of the three feature maps the decoder graph reads."""
+    return DEC_FEATS if local.dec_features is not None else ["feat8", "feat16", "feat32"]
 
 
 def grid_rows(g=20):
@@ -86,19 +98,23 @@ def main():
     img = torch.zeros(2, 3, S, S)
     enc = EncoderL(base, local).eval()
     with torch.no_grad():
-        f8, f16, f32, mf, _ = enc(img)
+        eo = enc(img)
+    f8, f16, f32, mf = eo[:4]
+    d8, d16, d32 = eo[5:] if len(eo) > 5 else (f8, f16, f32)
+    dn = decoder_feats(local)
+    enc_names = ENCODER_OUTPUTS + (DEC_FEATS if len(eo) > 5 else [])
     t0 = time.time()
-    export_one(enc, (img,), ["image"], ENCODER_OUTPUTS, {"image": {0: batch}},
+    export_one(enc, (img,), ["image"], enc_names, {"image": {0: batch}},
                os.path.join(args.out, "encoder.onnx"), args.opset)
     pm = torch.zeros(3, 1, S, S)
     pm[:, :, 100:200, 100:200] = 1
     export_one(PromptG(base), (f8[:1], f16[:1], f32[:1], pm), ["feat8", "feat16", "feat32", "prompt_mask"], ["prompt_embed"],
                {"feat8": None, "feat16": None, "feat32": None, "prompt_mask": {0: prompts}},
                os.path.join(args.out, "prompt_encoder.onnx"), args.opset)
-    export_one(DecoderL(local), (f8, f16, f32, mf, grid_rows(20)), ["feat8", "feat16", "feat32", "mask_feat", "anchors"],
+    export_one(DecoderL(local), (d8, d16, d32, mf, grid_rows(20)), dn + ["mask_feat", "anchors"],
                ["pred_iou", "pred_boxes", "query_embed", "mask_embed"],
-               {"feat8": {0: batch}, "feat16": {0: batch}, "feat32": {0: batch}, "mask_feat": {0: batch},
-                "anchors": {0: rows}}, os.path.join(args.out, "decoder.onnx"), args.opset)
+               ({0: batch}, {0: batch}, {0: batch}, {0: batch}, {0: rows}),  # in order: the names may be dfeat*
+               os.path.join(args.out, "decoder.onnx"), args.opset)
     # the exporter names the query dim after its formula; call it 'queries'
     dp = os.path.join(args.out, "decoder.onnx")
     mp = onnx.load(dp)
@@ -144,7 +160,7 @@ def main():
                     {"name": "feat32", "type": "f32", "shape": fs(C, 32)},
                     {"name": "mask_feat", "type": "f32", "shape": fs(M, 4)},
                     {"name": "class_feat", "type": "f32", "shape": fs(base.encoder.backbone.channels[3], 32)},
-                ],
+                ] + [{"name": n, "type": "f32", "shape": fs(C, s)} for n, s in zip(enc_names[5:], (8, 16, 32))],
             },
             "prompt_encoder": {
                 "file": "prompt_encoder.onnx",
@@ -159,9 +175,9 @@ def main():
             "decoder": {
                 "file": "decoder.onnx",
                 "inputs": [
-                    {"name": "feat8", "type": "f32", "shape": fs(C, 8)},
-                    {"name": "feat16", "type": "f32", "shape": fs(C, 16)},
-                    {"name": "feat32", "type": "f32", "shape": fs(C, 32)},
+                    {"name": dn[0], "type": "f32", "shape": fs(C, 8)},
+                    {"name": dn[1], "type": "f32", "shape": fs(C, 16)},
+                    {"name": dn[2], "type": "f32", "shape": fs(C, 32)},
                     {"name": "mask_feat", "type": "f32", "shape": fs(M, 4)},
                     {"name": "anchors", "type": "f32", "shape": ["anchors", 4]},
                 ],
@@ -188,10 +204,10 @@ def main():
                 print(f"{g:15s} {io:3s} {t['name']:12s} graph {sh}")
     with open(os.path.join(args.out, "model.yaml"), "w") as f:
         yaml.safe_dump(y, f, sort_keys=False, default_flow_style=None, width=200)
-    parity(enc, base, local, args.out, S)
+    parity(enc, base, local, args.out, S, enc_names, dn)
 
 
-def parity(enc, base, local, out, S, n_img=4):
+def parity(enc, base, local, out, S, enc_names, dn, n_img=4):
     """PyTorch vs ONNX Runtime on real DAVIS dev-val frames, then timing at batch 1 on 2 threads."""
     import onnxruntime as ort
 
@@ -212,11 +228,12 @@ def parity(enc, base, local, out, S, n_img=4):
     with torch.no_grad():
         tf = enc(x)
         of = sess["encoder"].run(None, {"image": x.numpy()})
-        for n, a, b in zip(ENCODER_OUTPUTS, tf, of):
+        for n, a, b in zip(enc_names, tf, of):
             diffs[n] = float(np.abs(a.numpy() - b).max())
-        feats = dict(zip(["feat8", "feat16", "feat32", "mask_feat"], of))
-        td = dec(*[torch.from_numpy(a) for a in of[:4]], rows)
-        od = sess["decoder"].run(None, {**feats, "anchors": rows.numpy()})
+        named = dict(zip(enc_names, of))
+        din = [named[n] for n in dn + ["mask_feat"]]
+        td = dec(*[torch.from_numpy(a) for a in din], rows)
+        od = sess["decoder"].run(None, {**dict(zip(dn + ["mask_feat"], din)), "anchors": rows.numpy()})
         for n, a, b in zip(["pred_iou", "pred_boxes", "query_embed", "mask_embed"], td, od):
             diffs[n] = float(np.abs(a.numpy() - b).max())
         lt = torch.einsum("bqm,bmhw->bqhw", td[3], tf[3])
@@ -234,8 +251,9 @@ def parity(enc, base, local, out, S, n_img=4):
         f = sess["encoder"].run(None, {"image": one})
     t1 = time.time()
     grid = grid_rows(20).numpy()
+    named = dict(zip(enc_names, f))
     for _ in range(R):
-        sess["decoder"].run(None, {"feat8": f[0], "feat16": f[1], "feat32": f[2], "mask_feat": f[3], "anchors": grid})
+        sess["decoder"].run(None, {**{n: named[n] for n in dn + ["mask_feat"]}, "anchors": grid})
     t2 = time.time()
     print(f"ORT 2 threads, batch 1, {S}x{S}: encoder {1000 * (t1 - t0) / R:.1f} ms, decoder (20x20 grid) "
           f"{1000 * (t2 - t1) / R:.1f} ms")

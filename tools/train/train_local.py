@@ -166,7 +166,8 @@ def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0, r
     inst_boxes = torch.from_numpy(np.stack(boxes))  # [B,17,4]
     taps = tuple(data[k].float() for k in Cache.TAPS) if "t4" in data else None
     mfeat = model.mask_features(f8, mf, f16, taps)
-    iou_p, pbox, emb, me = model.decoder((f8, f16, f32, mf), rows)
+    d8, d16, d32 = model.decoder_inputs(f8, f16, f32, taps)
+    iou_p, pbox, emb, me = model.decoder((d8, d16, d32, mf), rows)
     h, w = mfeat.shape[-2:]
     # losses on P random cells of the stride-4 grid per view (the same cells for every query of the view)
     P = min(n_cells, h * w)
@@ -315,6 +316,8 @@ def main():
     ap.add_argument("--refine", type=int, default=0, help="channels of the residual refinement branch of the mask features (0: none)")
     ap.add_argument("--taps", type=int, nargs="?", const=64, default=0,
                     help="channels of the mask features' branch on the backbone taps (needs a cache.py --taps cache; 0: none)")
+    ap.add_argument("--dec", type=int, nargs="?", const=64, default=0,
+                    help="channels of the decoder's own residual features on the backbone taps (needs --taps; 0: none)")
     ap.add_argument("--rank", type=float, default=0.0, help="weight of the predicted-IoU ranking loss across levels")
     ap.add_argument("--rank-plain", type=float, default=None,
                     help="weight of the ranking loss on the real COCO views (kind 'plain'; default: --rank)")
@@ -337,7 +340,8 @@ def main():
     for p in sorted(set(cache.prefix)):
         sel = [cache.prefix[c] == p for c, _ in cache.index]
         print(f"  prefix {p}: {sum(sel)} views, {probs[sel].sum():.1%} of the samples", flush=True)
-    model = LocalModel(refine=args.refine, taps=args.taps)
+    assert not args.dec or args.taps, "--dec reads the backbone taps: give --taps too"
+    model = LocalModel(refine=args.refine, taps=args.taps, dec=args.dec)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step, elapsed, seen = 0, 0.0, 0
     ck = os.path.join(args.out, "last_full.pt")
@@ -351,7 +355,7 @@ def main():
         st = torch.load(args.init, map_location="cpu", weights_only=False)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in st["model"].items()}, strict=False)
         assert not unexpected, unexpected
-        new = ("mask_features.refine.", "mask_features.tap_lat.", "mask_features.tap_head.")
+        new = ("mask_features.refine.", "mask_features.tap_lat.", "mask_features.tap_head.", "dec_features.")
         assert all(k.startswith(new) for k in missing), missing
         print(f"init from {args.init} (step {st['step']}); new: {len(missing)} tensors", flush=True)
     budget = args.minutes * 60

@@ -122,6 +122,45 @@ class MaskFeatures(nn.Module):
         return torch.cat((mask_feat, a, pos), 1)
 
 
+def _branch(width, out):
+    """ReLU, 3x3 depthwise, 1x1, dilated 3x3 depthwise, a last 1x1 to `out` channels that starts at zero."""
+    head = nn.Sequential(
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1, groups=width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=2, dilation=2, groups=width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, out, 1),
+    )
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
+class DecoderFeatures(nn.Module):
+    """The decoder's own view of the image: the frozen FPN outputs (feat8/16/32, shared with the frozen prompt
+    encoder) plus a trained residual from the backbone's stride-8/16 taps at each of the three scales. The FPN was
+    trained with the first decoder, whose queries collapsed to the salient object; this lets the decoder's
+    cross-attention and query pooling read instance cues the FPN squeezed out, without moving the prompt encoder's
+    inputs. Every residual starts at zero, so a checkpoint without it is the start."""
+
+    def __init__(self, C=64, width=64):
+        super().__init__()
+        self.lat8 = nn.Conv2d(TAP_CHANNELS[1], width, 1)
+        self.lat16 = nn.Conv2d(TAP_CHANNELS[2], width, 1)
+        self.heads = nn.ModuleList(_branch(width, C) for _ in range(3))
+
+    def forward(self, f8, f16, f32, taps):
+        _, x8, x16 = (x * TAP_SCALE for x in taps)
+        l8, l16 = self.lat8(x8), self.lat16(x16)
+        t8 = l8 + F.interpolate(l16, size=l8.shape[-2:], mode="bilinear", align_corners=False)
+        t16 = l16 + F.avg_pool2d(l8, 2)
+        t32 = F.avg_pool2d(l16, 2)
+        return tuple(f + h(t) for f, h, t in zip((f8, f16, f32), self.heads, (t8, t16, t32)))
+
+
 class LocalLayer(nn.Module):
     def __init__(self, C, heads):
         super().__init__()
@@ -228,12 +267,19 @@ class LocalModel(nn.Module):
 
     def __init__(self, **cfg):
         super().__init__()
-        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32, refine=0, taps=0)
+        self.cfg = dict(C=64, M0=32, A=32, D=64, G=50, K=2, knots=32, refine=0, taps=0, dec=0)
         self.cfg.update(cfg)
         c = self.cfg
         self.mask_features = MaskFeatures(c["C"], c["M0"], c["A"], c["knots"], c["refine"], c["taps"])
         self.decoder = LocalDecoder(c["C"], c["M0"], c["A"], c["D"], c["G"], c["K"], knots=c["knots"])
+        self.dec_features = DecoderFeatures(c["C"], c["dec"]) if c["dec"] else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def decoder_inputs(self, f8, f16, f32, taps):
+        """feat8/16/32 as the decoder reads them (with the `dec` branch: plus its residuals)."""
+        if self.dec_features is None:
+            return f8, f16, f32
+        return self.dec_features(f8, f16, f32, taps)
 
     def scale(self):
         return self.logit_scale.exp().clamp(max=100.0)
