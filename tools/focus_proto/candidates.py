@@ -4,6 +4,7 @@ cut-off flag, true IoU and the pairwise IoUs of the candidates are saved, and `r
 
 MODEL=models/vprompt-lite0 python3 tools/focus_proto/candidates.py dump GT.json IMAGES eval|pool|all OUT.pkl
 python3 tools/focus_proto/candidates.py rules A.pkl [B.pkl]
+python3 tools/focus_proto/candidates.py priors A.pkl [B.pkl]   # the runtime rule + size priors (min crop, area)
 Splits as `vprompt eval prompts --split`: images sorted by file name, `pool` the first half, `eval` the rest.
 Crop windows as `focus::window` (click at pixel centre, floor/ceil, clipped). Per candidate also: `win` (crop
 x0,y0,x1,y1), `inside` (click in mask), `cdist` (click to mask centroid / sqrt(area)), `mlogit` (mean logit
@@ -140,5 +141,27 @@ def rules():
             print(f"agreement {w} min crop {min_px}px:", [round(float(ev(rule((1.0,) + FRACS, w, min_px), R)), 4) for R in sets])
 
 
+def priors():
+    """The runtime's click rule (pred + agreement x mean IoU + stability x stab, uncut first) with two dataset priors
+    on top: a smaller crop floor (min_side px) and a bonus of `area` x -log2(mask share of the image)."""
+    sets = [pickle.load(open(p, "rb")) for p in sys.argv[2:]]
+    def choose(r, min_side, area, stab):
+        L = max(r["HW"]); C = r["cands"]; pair = r["pair"]
+        P = [i for i, c in enumerate(C) if c["area"] > 0 and (c["frac"] == 1.0 or c["frac"] * L >= min_side)]
+        if not P:
+            return None
+        el = [i for i in P if not C[i]["touch"]] or P
+        def score(i):
+            mi = np.mean([pair[i, j] for j in P if j != i]) if len(P) > 1 else 0.0
+            return C[i]["pred"] + mi + stab * C[i]["stab"] - area * np.log2(C[i]["area"] / (r["HW"][0] * r["HW"][1]))
+        return max(el, key=score)
+    def ev(R, *a):
+        return np.mean([r["cands"][i]["gt"] if (i := choose(r, *a)) is not None else 0.0 for r in R])
+    for min_side in (128, 192):
+        for area in (0.0, 0.05, 0.1, 0.15):
+            for stab in (0.5, 1.0, 2.0):
+                print(f"min_side {min_side} area {area} stability {stab}:", [round(float(ev(R, min_side, area, stab)), 4) for R in sets])
+
+
 if __name__ == "__main__":
-    {"dump": dump, "rules": rules}[sys.argv[1]]()
+    {"dump": dump, "rules": rules, "priors": priors}[sys.argv[1]]()

@@ -81,10 +81,58 @@ def paste(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6)):
     return img, masks, ignore
 
 
+def paste_row(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6), n=3):
+    """Paste n copies of one object in a row, each its own instance, each next to the one before (from a little gap to
+    a quarter of its size overlapping; later copies in front), each with its own size jitter and flip: alike objects
+    side by side (a pile of fruit, a queue of people), which a click must tell apart; salient-object data has none."""
+    _, H, W = img.shape
+    ys, xs = np.nonzero(obj_mask.numpy())
+    if len(ys) == 0:
+        return img, masks, ignore
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    oi0, om0 = obj_img[:, y0:y1, x0:x1], obj_mask[y0:y1, x0:x1].float()
+    oh, ow = y1 - y0, x1 - x0
+    theta = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi / 2])
+    c, sn = np.cos(theta), np.sin(theta)
+    # the row's extent along its direction stays within the image
+    along = abs(c) * ow + abs(sn) * oh
+    base = rng.uniform(*scale) * max(H, W) / max(oh, ow)
+    base = min(base, 0.95 * (abs(c) * W + abs(sn) * H) / (along * (1 + 0.9 * (n - 1))))
+    copies, pos = [], np.zeros(2)
+    for i in range(n):
+        s = base * rng.uniform(0.85, 1.15)
+        nh, nw = max(8, min(H, round(oh * s))), max(8, min(W, round(ow * s)))
+        oi = F.interpolate(oi0[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        om = F.interpolate(om0[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+        if rng.random() < 0.5:
+            oi, om = oi.flip(-1), om.flip(-1)
+        if i:
+            step = (abs(c) * nw + abs(sn) * nh) * rng.uniform(0.75, 1.05)
+            pos = pos + step * np.array([sn, c]) + np.array([rng.uniform(-0.1, 0.1) * nh, rng.uniform(-0.1, 0.1) * nw])
+        copies.append((oi, om, pos.copy()))
+    lo = np.min([p for _, _, p in copies], 0)
+    hi = np.max([p + np.array(o.shape) for _, o, p in copies], 0)
+    span = hi - lo
+    shift = np.array([rng.uniform(0, max(0.0, H - span[0])), rng.uniform(0, max(0.0, W - span[1]))]) - lo
+    for oi, om, p in copies:
+        nh, nw = om.shape
+        py = int(np.clip(round(p[0] + shift[0]), 0, H - nh))
+        px = int(np.clip(round(p[1] + shift[1]), 0, W - nw))
+        full = torch.zeros(H, W, dtype=torch.bool)
+        full[py:py + nh, px:px + nw] = om
+        canvas = torch.zeros_like(img)
+        canvas[:, py:py + nh, px:px + nw] = oi
+        img = torch.where(full[None], canvas, img)
+        masks = [m & ~full for m in masks] + [full]
+        ignore = ignore & ~full
+    return img, masks, ignore
+
+
 class Sources:
-    def __init__(self, seed, paste_scale=(0.25, 0.6)):
+    def __init__(self, seed, paste_scale=(0.25, 0.6), rows=0.0, row_n=(2, 5)):
         self.rng = random.Random(seed)
         self.paste_scale = paste_scale
+        self.rows, self.row_n = rows, row_n
         self.duts, self.duts_root = duts_train_stems()
         pool, _ = coco_split()
         self.coco = Coco(pool)
@@ -127,7 +175,12 @@ class Sources:
     def composite(self, img, masks, ignore, n_paste):
         for _ in range(n_paste):
             o = self.random_object()
-            if o is not None:
+            if o is None:
+                continue
+            if self.rng.random() < self.rows:
+                n = self.rng.randint(*self.row_n)
+                img, masks, ignore = paste_row(img, masks, ignore, o[0], o[1], self.rng, self.paste_scale, n)
+            else:
                 img, masks, ignore = paste(img, masks, ignore, o[0], o[1], self.rng, self.paste_scale)
         return img, masks, ignore
 
@@ -161,6 +214,10 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--paste-scale", default="0.25,0.6", help="pasted objects' longer side as a share of the image's")
     ap.add_argument("--pastes", default="0,1,1,2,2,3", help="number of pasted objects, drawn from this list")
+    ap.add_argument("--rows", type=float, default=0.0,
+                    help="share of the pasted objects that come as a row of --row-n copies of one object side by side, "
+                         "each its own instance (alike objects next to each other)")
+    ap.add_argument("--row-n", default="2,5", help="A,B: copies per row, drawn from A-B")
     ap.add_argument("--prefix", default="chunk", help="chunk file prefix (several caches can share a folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--taps", action="store_true", help="also store the backbone taps t4/t8/t16 (fp16)")
@@ -179,7 +236,8 @@ def main():
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in st["model"].items()})
     model.eval()
 
-    src = Sources(args.seed, tuple(float(v) for v in args.paste_scale.split(",")))
+    src = Sources(args.seed, tuple(float(v) for v in args.paste_scale.split(",")), args.rows,
+                  tuple(int(v) for v in args.row_n.split(",")))
     pastes = [int(v) for v in args.pastes.split(",")]
     rng = src.rng
     aug = Aug(S, rng)
