@@ -147,7 +147,20 @@ def mask_terms(logit, tgt, valid):
     return bce, dice, iou
 
 
-def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0, rank_plain=None):
+def near_weights(inst_boxes, h, w, boost, grow=2.0):
+    """[B,h*w] sampling weights of the stride-4 cells: 1, plus `boost` inside any instance's box grown `grow` times
+    about its centre (where a mask bleeds into its neighbours)."""
+    B = inst_boxes.shape[0]
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    cx, cy, bw, bh = (inst_boxes[..., k][..., None] for k in range(4))  # [B,17,1]
+    inx = ((xs[None, None] - cx).abs() <= bw * grow / 2) & (bw > 0)  # [B,17,w]
+    iny = ((ys[None, None] - cy).abs() <= bh * grow / 2) & (bh > 0)  # [B,17,h]
+    near = (iny[..., :, None] & inx[..., None, :]).any(1).flatten(1)  # [B,h*w]
+    return 1.0 + boost * near.float()
+
+
+def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0, rank_plain=None, near=0.0):
     B = len(meta)
     f8 = data["f8"].float()
     f16 = data["f16"].float()
@@ -171,7 +184,10 @@ def step_losses(model, data, meta, rng, N, n_cells=1024, rank_w=0.0, gc_w=0.0, r
     h, w = mfeat.shape[-2:]
     # losses on P random cells of the stride-4 grid per view (the same cells for every query of the view)
     P = min(n_cells, h * w)
-    cells = torch.stack([torch.randperm(h * w)[:P] for _ in range(B)])  # [B,P]
+    if near > 0:  # more of them near the instances (--near)
+        cells = torch.multinomial(near_weights(inst_boxes, h, w, near), P, replacement=False)  # [B,P]
+    else:
+        cells = torch.stack([torch.randperm(h * w)[:P] for _ in range(B)])  # [B,P]
     mfs = torch.gather(mfeat.flatten(2), 2, cells[:, None, :].expand(B, mfeat.shape[1], P))
     logits = torch.einsum("bqm,bmp->bqp", me, mfs)  # [B,Q,P]
     G, K = model.cfg["G"], model.cfg["K"]
@@ -325,6 +341,8 @@ def main():
                     help="sample views of chunks with this file prefix W times as often (e.g. c=2.5)")
     ap.add_argument("--gc", type=float, default=0.0, help="weight of the generic queries' prompt-matching loss")
     ap.add_argument("--cells", type=int, default=1024, help="stride-4 cells per view the mask losses are computed on")
+    ap.add_argument("--near", type=float, default=0.0,
+                    help="cells inside an instance's box grown 2x are drawn 1 + NEAR times as often (0: uniform)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--expect-views", type=int, default=0, help="look for new cache chunks every 200 steps until this many")
     args = ap.parse_args()
@@ -385,7 +403,7 @@ def main():
         idx = rng.choice(V, args.batch, p=probs) if src_w else rng.integers(0, V, args.batch)  # (uniform: as before)
         data, meta = cache.batch(idx.tolist())
         total, losses, m_iou = step_losses(model, data, meta, rng, args.rows, args.cells, args.rank, args.gc,
-                                           args.rank_plain)
+                                           args.rank_plain, args.near)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
