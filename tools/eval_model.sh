@@ -2,7 +2,9 @@
 # Every dev metric of a model through vprompt itself, as one table: prompted mIoU (box, one click) on the
 # COCO128 evaluation half and on DUTS-TR dev-val, DAVIS-2016 dev-val J&F, COCO128 in-context mask AP.
 # Usage: tools/eval_model.sh [MODEL_DIR] [OUT_DIR]   (run from the repository root, after make build)
-# The fixed splits are those of ../shared/data/README.md; nothing here trains or tunes.
+# The fixed splits are those of ../shared/data/README.md; nothing here trains or tunes. Every prompted
+# instance's score is kept beside the reports (`OUT/coco128-click.jsonl`, ...: `eval prompts --instances`), so
+# that two models can be compared instance by instance (tools/paired.py).
 set -euo pipefail
 MODEL=${1:-models/vprompt-lite0}
 OUT=${2:-out/eval-model}
@@ -13,9 +15,9 @@ mkdir -p "$OUT"
   --data "$DATA/duts-tr-256" --out "$OUT/duts-devval.json" 2> /dev/null
 for p in box click; do
   "$BIN" eval prompts --gt "$DATA/coco128/annotations/instances_train2017.json" --images "$DATA/coco128/train2017" \
-    --split eval --prompt "$p" --model "$MODEL" --json > "$OUT/coco128-$p.json"
+    --split eval --prompt "$p" --model "$MODEL" --json --instances "$OUT/coco128-$p.jsonl" > "$OUT/coco128-$p.json"
   "$BIN" eval prompts --gt "$OUT/duts-devval.json" --images "$DATA/duts-tr-256/images" \
-    --prompt "$p" --model "$MODEL" --json > "$OUT/duts-$p.json"
+    --prompt "$p" --model "$MODEL" --json --instances "$OUT/duts-$p.jsonl" > "$OUT/duts-$p.json"
 done
 DAVIS="$DATA/davis2016-train-240p" tools/eval_davis_devval.sh "$MODEL" "$OUT/davis" > "$OUT/davis.txt"
 DATA="$DATA" tools/eval_coco128.sh "$MODEL" "$OUT/coco128-ap" > "$OUT/coco128-ap.txt"
