@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use common::*;
 use image::{Rgb, RgbImage};
 
-/// `vprompt eval prompts --gt GT --images IMAGES --prompt PROMPT --model MODEL [more...] --json`, parsed.
-fn eval_json(
+/// `vprompt eval prompts --gt GT --images IMAGES --prompt PROMPT --model MODEL [more...]`, run.
+fn eval_run(
     gt: &Path,
     images: &Path,
     prompt: &str,
     model: &Path,
     more: &[&str],
-) -> serde_json::Value {
+) -> std::process::Output {
     let (gt, images, model) = (
         gt.to_str().unwrap(),
         images.to_str().unwrap(),
@@ -26,8 +26,20 @@ fn eval_json(
         "eval", "prompts", "--gt", gt, "--images", images, "--prompt", prompt, "--model", model,
     ];
     args.extend_from_slice(more);
-    args.push("--json");
-    json_out(&vprompt(&args))
+    vprompt(&args)
+}
+
+/// [`eval_run`] with `--json`, parsed.
+fn eval_json(
+    gt: &Path,
+    images: &Path,
+    prompt: &str,
+    model: &Path,
+    more: &[&str],
+) -> serde_json::Value {
+    let mut more = more.to_vec();
+    more.push("--json");
+    json_out(&eval_run(gt, images, prompt, model, &more))
 }
 
 /// COCO128's instances file, its images folder and the shipped model; `None` (the test is skipped)
@@ -285,20 +297,13 @@ fn instances_file_that_cannot_be_created_fails_before_evaluating() {
     let tmp = tempfile::tempdir().unwrap();
     let (gt, images) = scene(tmp.path());
     let bad = tmp.path().join("no-such-dir/instances.jsonl");
-    let o = vprompt(&[
-        "eval",
-        "prompts",
-        "--gt",
-        gt.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--prompt",
+    let o = eval_run(
+        &gt,
+        &images,
         "box",
-        "--model",
-        fixture("anchor-model").to_str().unwrap(),
-        "--instances",
-        bad.to_str().unwrap(),
-    ]);
+        &fixture("anchor-model"),
+        &["--instances", bad.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(

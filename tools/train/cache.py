@@ -70,15 +70,20 @@ def paste(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6)):
     nh, nw = max(8, min(H, round((y1 - y0) * s))), max(8, min(W, round((x1 - x0) * s)))
     oi = F.interpolate(oi[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
     om = F.interpolate(om[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
-    py, px = rng.randint(0, H - nh), rng.randint(0, W - nw)
+    return _place(img, masks, ignore, oi, om, rng.randint(0, H - nh), rng.randint(0, W - nw))
+
+
+def _place(img, masks, ignore, oi, om, py, px):
+    """Put the object oi [3,h,w] (mask om [h,w]) at (py, px) on top of img: a new instance that occludes the others."""
+    _, H, W = img.shape
+    nh, nw = om.shape
     full = torch.zeros(H, W, dtype=torch.bool)
     full[py:py + nh, px:px + nw] = om
     canvas = torch.zeros_like(img)
     canvas[:, py:py + nh, px:px + nw] = oi
     img = torch.where(full[None], canvas, img)
     masks = [m & ~full for m in masks] + [full]
-    ignore = ignore & ~full
-    return img, masks, ignore
+    return img, masks, ignore & ~full
 
 
 def paste_row(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6), n=3):
@@ -118,13 +123,7 @@ def paste_row(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6), n=3
         nh, nw = om.shape
         py = int(np.clip(round(p[0] + shift[0]), 0, H - nh))
         px = int(np.clip(round(p[1] + shift[1]), 0, W - nw))
-        full = torch.zeros(H, W, dtype=torch.bool)
-        full[py:py + nh, px:px + nw] = om
-        canvas = torch.zeros_like(img)
-        canvas[:, py:py + nh, px:px + nw] = oi
-        img = torch.where(full[None], canvas, img)
-        masks = [m & ~full for m in masks] + [full]
-        ignore = ignore & ~full
+        img, masks, ignore = _place(img, masks, ignore, oi, om, py, px)
     return img, masks, ignore
 
 

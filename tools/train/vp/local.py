@@ -49,6 +49,23 @@ TAP_CHANNELS = (24, 40, 112)  # EfficientNet-Lite0 stage outputs at stride 4, 8,
 TAP_SCALE = 0.125  # the taps are linear-bottleneck outputs with std ~8 (cache.py); scaled to ~1 for the default init
 
 
+def _branch(width, out):
+    """ReLU, 3x3 depthwise, 1x1, dilated 3x3 depthwise, a last 1x1 to `out` channels that starts at zero."""
+    head = nn.Sequential(
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1, groups=width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=2, dilation=2, groups=width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, out, 1),
+    )
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
 class MaskFeatures(nn.Module):
     """mask_feat for the contract: frozen stride-4 features (M0), a trained adapter (A), tent bases along x and y."""
 
@@ -67,19 +84,7 @@ class MaskFeatures(nn.Module):
         # without it is the starting point
         self.refine = None
         if refine:
-            self.refine = nn.Sequential(
-                nn.Conv2d(M0 + 2 * C, refine, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(refine, refine, 3, padding=1, groups=refine),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(refine, refine, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(refine, refine, 3, padding=2, dilation=2, groups=refine),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(refine, A, 1),
-            )
-            nn.init.zeros_(self.refine[-1].weight)
-            nn.init.zeros_(self.refine[-1].bias)
+            self.refine = nn.Sequential(nn.Conv2d(M0 + 2 * C, refine, 1), *_branch(refine, A))
         # optional residual branch (taps channels) on the frozen backbone's stride-4/8/16 taps rather than the
         # FPN's outputs: the FPN squeezes 176 backbone channels into 64 + 32 trained for the v1 decoder, which
         # limits the masks (run 1 plateaued). A small FPN of its own: 1x1 laterals summed at stride 4, then a 3x3
@@ -87,18 +92,7 @@ class MaskFeatures(nn.Module):
         self.tap_lat, self.tap_head = None, None
         if taps:
             self.tap_lat = nn.ModuleList(nn.Conv2d(c, taps, 1) for c in TAP_CHANNELS)
-            self.tap_head = nn.Sequential(
-                nn.ReLU(inplace=True),
-                nn.Conv2d(taps, taps, 3, padding=1, groups=taps),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(taps, taps, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(taps, taps, 3, padding=2, dilation=2, groups=taps),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(taps, A, 1),
-            )
-            nn.init.zeros_(self.tap_head[-1].weight)
-            nn.init.zeros_(self.tap_head[-1].bias)
+            self.tap_head = _branch(taps, A)
 
     def forward(self, feat8, mask_feat, feat16=None, taps=None):
         """taps: the backbone's (x4, x8, x16), needed only with the taps branch."""
@@ -120,23 +114,6 @@ class MaskFeatures(nn.Module):
         py = by[:, :, None].expand(self.knots, h, w)
         pos = torch.cat((px, py), 0)[None].expand(B, 2 * self.knots, h, w)
         return torch.cat((mask_feat, a, pos), 1)
-
-
-def _branch(width, out):
-    """ReLU, 3x3 depthwise, 1x1, dilated 3x3 depthwise, a last 1x1 to `out` channels that starts at zero."""
-    head = nn.Sequential(
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 3, padding=1, groups=width),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 3, padding=2, dilation=2, groups=width),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, out, 1),
-    )
-    nn.init.zeros_(head[-1].weight)
-    nn.init.zeros_(head[-1].bias)
-    return head
 
 
 class DecoderFeatures(nn.Module):
