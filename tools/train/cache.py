@@ -57,19 +57,33 @@ def components(mask, min_frac=0.01):
     return parts, ignore
 
 
+def _cut(obj_img, obj_mask):
+    """The object's box of its image [3,h,w] and of its mask (float) [h,w]; None for an empty mask."""
+    ys, xs = np.nonzero(obj_mask.numpy())
+    if len(ys) == 0:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return obj_img[:, y0:y1, x0:x1], obj_mask[y0:y1, x0:x1].float()
+
+
+def _resized(oi, om, s, H, W):
+    """The cut object scaled by s (each side 8 px to the image's side): image [3,nh,nw], bool mask [nh,nw]."""
+    oh, ow = om.shape
+    nh, nw = max(8, min(H, round(oh * s))), max(8, min(W, round(ow * s)))
+    oi = F.interpolate(oi[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    om = F.interpolate(om[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    return oi, om
+
+
 def paste(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6)):
     """Paste an object (cut by its mask) onto img [3,H,W] at a random scale and place; occludes what is under it."""
     _, H, W = img.shape
-    ys, xs = np.nonzero(obj_mask.numpy())
-    if len(ys) == 0:
+    cut = _cut(obj_img, obj_mask)
+    if cut is None:
         return img, masks, ignore
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    oi = obj_img[:, y0:y1, x0:x1]
-    om = obj_mask[y0:y1, x0:x1].float()
-    s = rng.uniform(*scale) * max(H, W) / max(y1 - y0, x1 - x0)
-    nh, nw = max(8, min(H, round((y1 - y0) * s))), max(8, min(W, round((x1 - x0) * s)))
-    oi = F.interpolate(oi[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-    om = F.interpolate(om[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    s = rng.uniform(*scale) * max(H, W) / max(cut[1].shape)
+    oi, om = _resized(*cut, s, H, W)
+    nh, nw = om.shape
     return _place(img, masks, ignore, oi, om, rng.randint(0, H - nh), rng.randint(0, W - nw))
 
 
@@ -91,12 +105,10 @@ def paste_row(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6), n=3
     a quarter of its size overlapping; later copies in front), each with its own size jitter and flip: alike objects
     side by side (a pile of fruit, a queue of people), which a click must tell apart; salient-object data has none."""
     _, H, W = img.shape
-    ys, xs = np.nonzero(obj_mask.numpy())
-    if len(ys) == 0:
+    cut = _cut(obj_img, obj_mask)
+    if cut is None:
         return img, masks, ignore
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    oi0, om0 = obj_img[:, y0:y1, x0:x1], obj_mask[y0:y1, x0:x1].float()
-    oh, ow = y1 - y0, x1 - x0
+    oh, ow = cut[1].shape
     theta = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi / 2])
     c, sn = np.cos(theta), np.sin(theta)
     # the row's extent along its direction stays within the image
@@ -105,10 +117,8 @@ def paste_row(img, masks, ignore, obj_img, obj_mask, rng, scale=(0.25, 0.6), n=3
     base = min(base, 0.95 * (abs(c) * W + abs(sn) * H) / (along * (1 + 0.9 * (n - 1))))
     copies, pos = [], np.zeros(2)
     for i in range(n):
-        s = base * rng.uniform(0.85, 1.15)
-        nh, nw = max(8, min(H, round(oh * s))), max(8, min(W, round(ow * s)))
-        oi = F.interpolate(oi0[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        om = F.interpolate(om0[None, None], size=(nh, nw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+        oi, om = _resized(*cut, base * rng.uniform(0.85, 1.15), H, W)
+        nh, nw = om.shape
         if rng.random() < 0.5:
             oi, om = oi.flip(-1), om.flip(-1)
         if i:

@@ -27,12 +27,11 @@ class EncoderL(nn.Module):
     def __init__(self, base, local):
         super().__init__()
         self.enc = base.encoder
-        self.mf = local.mask_features
         self.local = local
 
     def forward(self, image):
         f8, f16, f32, mf, taps, top = self.enc(image, with_taps=True, with_top=True)
-        out = (f8, f16, f32, self.mf(f8, mf, f16, taps), top)
+        out = (f8, f16, f32, self.local.mask_features(f8, mf, f16, taps), top)
         if self.local.dec_features is not None:  # the decoder's own features: extra outputs, read by name
             out = out + self.local.decoder_inputs(f8, f16, f32, taps)
         return out
@@ -66,9 +65,11 @@ ENCODER_OUTPUTS = ["feat8", "feat16", "feat32", "mask_feat", "class_feat"]
 DEC_FEATS = ["dfeat8", "dfeat16", "dfeat32"]
 
 
-def decoder_feats(local):
-    """The names of the three feature maps the decoder graph reads."""
-    return DEC_FEATS if local.dec_features is not None else ["feat8", "feat16", "feat32"]
+def graph_names(local):
+    """The encoder graph's outputs and the three feature maps the decoder graph reads (by name)."""
+    if local.dec_features is None:
+        return ENCODER_OUTPUTS, ["feat8", "feat16", "feat32"]
+    return ENCODER_OUTPUTS + DEC_FEATS, DEC_FEATS
 
 
 def grid_rows(g=20):
@@ -97,12 +98,11 @@ def main():
     rows = Dim("anchors", min=1, max=4096)
     img = torch.zeros(2, 3, S, S)
     enc = EncoderL(base, local).eval()
+    enc_names, dn = graph_names(local)
     with torch.no_grad():
-        eo = enc(img)
-    f8, f16, f32, mf = eo[:4]
-    d8, d16, d32 = eo[5:] if len(eo) > 5 else (f8, f16, f32)
-    dn = decoder_feats(local)
-    enc_names = ENCODER_OUTPUTS + (DEC_FEATS if len(eo) > 5 else [])
+        eo = dict(zip(enc_names, enc(img)))
+    f8, f16, f32, mf = (eo[n] for n in ("feat8", "feat16", "feat32", "mask_feat"))
+    d8, d16, d32 = (eo[n] for n in dn)
     t0 = time.time()
     export_one(enc, (img,), ["image"], enc_names, {"image": {0: batch}},
                os.path.join(args.out, "encoder.onnx"), args.opset)
@@ -160,7 +160,7 @@ def main():
                     {"name": "feat32", "type": "f32", "shape": fs(C, 32)},
                     {"name": "mask_feat", "type": "f32", "shape": fs(M, 4)},
                     {"name": "class_feat", "type": "f32", "shape": fs(base.encoder.backbone.channels[3], 32)},
-                ] + [{"name": n, "type": "f32", "shape": fs(C, s)} for n, s in zip(enc_names[5:], (8, 16, 32))],
+                ] + [{"name": n, "type": "f32", "shape": fs(C, s)} for n, s in zip(enc_names[len(ENCODER_OUTPUTS):], (8, 16, 32))],
             },
             "prompt_encoder": {
                 "file": "prompt_encoder.onnx",
@@ -231,9 +231,9 @@ def parity(enc, base, local, out, S, enc_names, dn, n_img=4):
         for n, a, b in zip(enc_names, tf, of):
             diffs[n] = float(np.abs(a.numpy() - b).max())
         named = dict(zip(enc_names, of))
-        din = [named[n] for n in dn + ["mask_feat"]]
-        td = dec(*[torch.from_numpy(a) for a in din], rows)
-        od = sess["decoder"].run(None, {**dict(zip(dn + ["mask_feat"], din)), "anchors": rows.numpy()})
+        dec_in = {n: named[n] for n in dn + ["mask_feat"]}
+        td = dec(*[torch.from_numpy(a) for a in dec_in.values()], rows)
+        od = sess["decoder"].run(None, {**dec_in, "anchors": rows.numpy()})
         for n, a, b in zip(["pred_iou", "pred_boxes", "query_embed", "mask_embed"], td, od):
             diffs[n] = float(np.abs(a.numpy() - b).max())
         lt = torch.einsum("bqm,bmhw->bqhw", td[3], tf[3])
@@ -250,10 +250,10 @@ def parity(enc, base, local, out, S, enc_names, dn, n_img=4):
     for _ in range(R):
         f = sess["encoder"].run(None, {"image": one})
     t1 = time.time()
-    grid = grid_rows(20).numpy()
     named = dict(zip(enc_names, f))
+    dec_in = {**{n: named[n] for n in dn + ["mask_feat"]}, "anchors": grid_rows(20).numpy()}
     for _ in range(R):
-        sess["decoder"].run(None, {**{n: named[n] for n in dn + ["mask_feat"]}, "anchors": grid})
+        sess["decoder"].run(None, dec_in)
     t2 = time.time()
     print(f"ORT 2 threads, batch 1, {S}x{S}: encoder {1000 * (t1 - t0) / R:.1f} ms, decoder (20x20 grid) "
           f"{1000 * (t2 - t1) / R:.1f} ms")
