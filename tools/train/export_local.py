@@ -143,6 +143,8 @@ def main():
         hardware="2 CPU cores (shared), no GPU",
         point_prompt_radius_px=max(2, round(S / 64)),
     )
+    if "mixed" in lt:  # interp.py: the weights are an average of two checkpoints; step, time, views are the later one's
+        prov["weights"] = lt["mixed"]
     prov = {k: str(v) for k, v in prov.items()}
     y = {
         "name": args.name,
