@@ -25,15 +25,23 @@ def load(d):
     return gt, pred
 
 
-def drawn(doc, files, by_file):
-    """`doc` restricted to the drawn `files` (with repeats): copy k of an image is `name#k`, new ids throughout."""
+def indexed(doc):
+    """`doc` with its images by file name and its annotations by image id, made once per document."""
+    per_image = {}
+    for a in doc["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    return doc, {im["file_name"]: im for im in doc["images"]}, per_image
+
+
+def drawn(ix, files):
+    """The indexed document restricted to the drawn `files` (with repeats): copy k of an image is `name#k`, new ids
+    throughout."""
+    doc, by_file, per_image = ix
     images, anns = [], []
     for k, f in enumerate(files):
-        im = dict(by_file[f], id=k + 1, file_name=f"{f}#{k}")
-        images.append(im)
-        for a in doc["annotations"]:
-            if a["image_id"] == by_file[f]["id"]:
-                anns.append(dict(a, id=len(anns) + 1, image_id=k + 1))
+        images.append(dict(by_file[f], id=k + 1, file_name=f"{f}#{k}"))
+        for a in per_image.get(by_file[f]["id"], []):
+            anns.append(dict(a, id=len(anns) + 1, image_id=k + 1))
     return dict(doc, images=images, annotations=anns)
 
 
@@ -61,18 +69,16 @@ def main():
     files = sorted(im["file_name"] for im in gt["images"])
     if files != sorted(im["file_name"] for im in gt_b["images"]):
         sys.exit("the two directories evaluate different images")
-    gt_by = {im["file_name"]: im for im in gt["images"]}
-    a_by = {im["file_name"]: im for im in pa["images"]}
-    b_by = {im["file_name"]: im for im in pb["images"]}
+    ix_gt, ix_a, ix_b = indexed(gt), indexed(pa), indexed(pb)
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         full = [score(args.bin, gt, p, tmp, t) for p, t in ((pa, "a"), (pb, "b"))]
         diffs = []
         for i in range(args.n):
             draw = [files[j] for j in rng.integers(0, len(files), len(files))]
-            g = drawn(gt, draw, gt_by)
-            sa = score(args.bin, g, drawn(pa, draw, a_by), tmp, "a")
-            sb = score(args.bin, g, drawn(pb, draw, b_by), tmp, "b")
+            g = drawn(ix_gt, draw)
+            sa = score(args.bin, g, drawn(ix_a, draw), tmp, "a")
+            sb = score(args.bin, g, drawn(ix_b, draw), tmp, "b")
             diffs.append((sb[0] - sa[0], sb[1] - sa[1]))
     d = np.array(diffs)
     print(f"A {args.a}: AP {full[0][0]:.4f}, AP50 {full[0][1]:.4f}")
