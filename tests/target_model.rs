@@ -1,7 +1,9 @@
 //! The online target model of propagate (issue 13) on real frames: frame 0's mask of DAVIS car-turn as
 //! the prompt and frame 40 as the only other frame, so that nothing but the prompt carries over. The car
-//! has turned and moved; referring alone (`--target decoder`) gives IoU 0.51 there, the default `fused`
-//! 0.88 (tools/eval_davis_pairs.sh). The test asks for a clear margin, not those exact figures.
+//! has turned and moved; with the first local decoder (run 1) referring alone (`--target decoder`) gave
+//! IoU 0.51 there, the default `fused` 0.88 (tools/eval_davis_pairs.sh); the shipped decoder (0.2 x run 1
+//! + 0.8 x run 8) finds more of the car alone, 0.742, and fused gives 0.896. The test asks for a clear
+//! margin (0.1), not those exact figures.
 
 mod common;
 
@@ -59,7 +61,7 @@ fn target_model_finds_the_turned_car_where_referring_alone_does_not() {
     let (decoder, fused) = (ious[0], ious[1]);
     assert!(fused >= 0.8, "fused IoU {fused:.3} (decoder {decoder:.3})");
     assert!(
-        fused >= decoder + 0.2,
+        fused >= decoder + 0.1,
         "fused IoU {fused:.3} should clearly beat referring alone ({decoder:.3})"
     );
 }
