@@ -94,6 +94,9 @@ pub struct Tracker {
     pre: Preprocessor,
     /// Per object its mask on the previous frame, on the feature grid (for `target.previous`).
     previous: BTreeMap<u8, Vec<bool>>,
+    /// Per object its mask's area (frame pixels) on the frame before, where it was found (for
+    /// `target.shrink`).
+    areas: BTreeMap<u8, u64>,
     /// Per object its readout memory (with `target.readout.weight` > 0).
     readouts: BTreeMap<u8, Readout>,
     /// The source index of the last frame stepped.
@@ -112,6 +115,7 @@ impl Tracker {
             memories: BTreeMap::new(),
             targets: BTreeMap::new(),
             previous: BTreeMap::new(),
+            areas: BTreeMap::new(),
             readouts: BTreeMap::new(),
             last: None,
         }
@@ -173,6 +177,7 @@ impl Tracker {
             self.memories.remove(&o.id);
             self.targets.remove(&o.id);
             self.previous.remove(&o.id);
+            self.areas.remove(&o.id);
             self.readouts.remove(&o.id);
         }
         // Objects starting here, or corrected here (re-anchored: a new memory pinned on the correction,
@@ -187,6 +192,7 @@ impl Tracker {
             .collect();
         for o in &starting {
             self.previous.remove(&o.id);
+            self.areas.remove(&o.id);
         }
         // Reference masks that are this frame's output, with their predicted IoU.
         let given = if starting.is_empty() {
@@ -251,6 +257,8 @@ impl Tracker {
                     .map(|&v| if v != 0 { f32::MAX } else { -1.0 })
                     .collect();
                 found.push((id, Some(logits), (1.0, *pred_iou), None));
+                let area = m.data.iter().filter(|&&v| v != 0).count() as u64;
+                self.areas.insert(id, area);
                 continue;
             }
             let prompt = memory.lookup();
@@ -263,22 +271,16 @@ impl Tracker {
             let target_grid: Option<Vec<bool>> = target
                 .as_ref()
                 .map(|(cells, _, _)| cells.iter().map(|&v| v > 0.0).collect());
+            let min_area = area_floor(&self.job, self.areas.get(&id).copied());
+            let fit = (&self.job, min_area);
             let pick = match (self.job.target.mode, target) {
                 (TargetMode::Decoder, _) | (_, None) => {
                     let ranked = rank(queries, &cands, &prompt, scale);
                     let order: Vec<usize> = ranked.iter().map(|&(q, _)| q).collect();
-                    first_fit(&self.job, &order, &prompt, queries, mask_feat, lb, None)
+                    first_fit(fit, &order, &prompt, queries, mask_feat, lb, None)
                 }
                 (TargetMode::Target, Some((cells, gw, gh))) => {
-                    let il = resize_plane(&cells, gw, gw, gh, size as usize, size as usize);
-                    let fl = frame_logits(&il, lb);
-                    let inside: Vec<f32> = fl.iter().copied().filter(|&v| v > 0.0).collect();
-                    (inside.len() as u64 > self.job.min_area).then(|| {
-                        // Its confidence: the mean probability inside the mask.
-                        let conf =
-                            inside.iter().map(|&v| sigmoid(v)).sum::<f32>() / inside.len() as f32;
-                        (fl, (conf, conf), il)
-                    })
+                    target_pick((&cells, gw, gh), size, lb, min_area)
                 }
                 (mode, Some((cells, gw, gh))) => {
                     let prev = self.previous.get(&id).map(|p| p.as_slice());
@@ -293,7 +295,7 @@ impl Tracker {
                         il
                     });
                     first_fit(
-                        &self.job,
+                        fit,
                         &order,
                         &prompt,
                         queries,
@@ -301,6 +303,10 @@ impl Tracker {
                         lb,
                         fuse.as_deref(),
                     )
+                    .or_else(|| {
+                        let fallback = self.job.target.fallback;
+                        fallback.then(|| target_pick((&cells, gw, gh), size, lb, min_area))?
+                    })
                 }
             };
             let pick = match (self.readouts.get(&id), &cells) {
@@ -336,10 +342,13 @@ impl Tracker {
                         Some(g) => self.previous.insert(id, g),
                         None => self.previous.remove(&id),
                     };
+                    let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
+                    self.areas.insert(id, area);
                     found.push((id, Some(fl), scores, input_mask));
                 }
                 None => {
                     self.previous.remove(&id);
+                    self.areas.remove(&id);
                     found.push((id, None, (0.0, 0.0), None));
                 }
             }
@@ -695,13 +704,13 @@ impl Tracker {
     }
 }
 
-/// Under `job`'s thresholds, the first of `order` (tried up to `TRIES`) whose mask is larger than
-/// `min_area`: its frame logits, (match score, predicted IoU) and model-input logits; with `fuse`, the
-/// target model's model-input logits are added to the query's. Queries whose match score is below
-/// `min_score` are passed over.
+/// The first of `order` (tried up to `TRIES`) whose mask is larger than `min_area` pixels: its frame
+/// logits, (match score, predicted IoU) and model-input logits; with `fuse`, the target model's
+/// model-input logits are added to the query's. Queries whose match score is below `job.min_score` are
+/// passed over.
 #[allow(clippy::type_complexity)]
 fn first_fit(
-    job: &JobSpec,
+    (job, min_area): (&JobSpec, u64),
     order: &[usize],
     prompt: &[f32],
     queries: &Queries,
@@ -721,11 +730,37 @@ fn first_fit(
         }
         let fl = frame_logits(&il, lb);
         let area = fl.iter().filter(|&&v| v > 0.0).count() as u64;
-        if area > job.min_area {
+        if area > min_area {
             return Some((fl, (score, queries.iou[q]), il));
         }
     }
     None
+}
+
+/// The target model's score map `(cells, gw, gh)` as the object's mask when it is larger than
+/// `min_area` pixels: frame logits, (confidence, confidence) with the confidence its mean probability
+/// inside the mask, and model-input logits.
+#[allow(clippy::type_complexity)]
+fn target_pick(
+    (cells, gw, gh): (&[f32], usize, usize),
+    size: u32,
+    lb: &Letterbox,
+    min_area: u64,
+) -> Option<(Vec<f32>, (f32, f32), Vec<f32>)> {
+    let il = resize_plane(cells, gw, gw, gh, size as usize, size as usize);
+    let fl = frame_logits(&il, lb);
+    let inside: Vec<f32> = fl.iter().copied().filter(|&v| v > 0.0).collect();
+    (inside.len() as u64 > min_area).then(|| {
+        let conf = inside.iter().map(|&v| sigmoid(v)).sum::<f32>() / inside.len() as f32;
+        (fl, (conf, conf), il)
+    })
+}
+
+/// The area (pixels) a candidate's mask must exceed: `min_area`, or, with `target.shrink` and the
+/// object's area `before` on the frame before, that fraction of it when larger.
+fn area_floor(job: &JobSpec, before: Option<u64>) -> u64 {
+    let shrunk = before.map_or(0, |a| (job.target.shrink as f64 * a as f64).floor() as u64);
+    job.min_area.max(shrunk)
 }
 
 /// One id per pixel of an `n`-pixel frame: the object with the highest positive logit (0 where none is
@@ -906,17 +941,54 @@ mod tests {
         ]);
         let prompt = [1.0, 0.0];
         let (fl, scores, _) =
-            first_fit(&job(0.5, 50), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
+            first_fit((&job(0.5, 50), 50), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
         assert_eq!(scores, (1.0, 0.7));
         assert_eq!(fl.iter().filter(|&&v| v > 0.0).count(), 256);
         // With no area floor the small mask is taken.
         let (fl, scores, _) =
-            first_fit(&job(0.5, 0), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
+            first_fit((&job(0.5, 0), 0), &[0, 1, 2], &prompt, &q, &mf, &lb, None).unwrap();
         assert_eq!(scores, (1.0, 0.8));
         let area = fl.iter().filter(|&&v| v > 0.0).count();
         assert!(area > 0 && area < 50, "{area}");
         // Nothing above the score floor: not found.
-        assert!(first_fit(&job(0.5, 0), &[0], &prompt, &q, &mf, &lb, None).is_none());
+        assert!(first_fit((&job(0.5, 0), 0), &[0], &prompt, &q, &mf, &lb, None).is_none());
+    }
+
+    #[test]
+    fn a_mask_much_smaller_than_the_object_before_is_not_enough() {
+        let mut j = job(0.0, 50);
+        assert_eq!(j.target.shrink, 0.1, "the default");
+        assert_eq!(area_floor(&j, Some(10_000)), 1_000);
+        j.target.shrink = 0.0;
+        assert_eq!(area_floor(&j, Some(10_000)), 50, "off");
+        j.target.shrink = 0.1;
+        assert_eq!(area_floor(&j, Some(300)), 50, "never below min_area");
+        assert_eq!(
+            area_floor(&j, None),
+            50,
+            "no floor for an object not seen on the frame before"
+        );
+    }
+
+    #[test]
+    fn the_target_models_mask_stands_in_when_large_enough() {
+        let lb = Letterbox::new(16, 16, 16);
+        // A 4x4 score map: the left half is the object (logit 2), the right half not (-2).
+        let cells: Vec<f32> = (0..16)
+            .map(|i| if i % 4 < 2 { 2.0 } else { -2.0 })
+            .collect();
+        let (fl, (conf, same), il) = target_pick((&cells, 4, 4), 16, &lb, 50).unwrap();
+        let area = fl.iter().filter(|&&v| v > 0.0).count();
+        assert!(
+            (100..=156).contains(&area),
+            "about half of 256 pixels: {area}"
+        );
+        assert_eq!(il.len(), 256);
+        assert!(conf > 0.5 && conf < 1.0 && conf == same, "{conf}");
+        assert!(
+            target_pick((&cells, 4, 4), 16, &lb, 200).is_none(),
+            "too small"
+        );
     }
 
     #[test]
@@ -927,11 +999,19 @@ mod tests {
         let q = queries(&rows);
         let order: Vec<usize> = (0..rows.len()).collect();
         let prompt = [1.0, 0.0];
-        assert!(first_fit(&job(0.0, 10), &order, &prompt, &q, &mf, &lb, None).is_none());
+        assert!(first_fit((&job(0.0, 10), 10), &order, &prompt, &q, &mf, &lb, None).is_none());
         // The target model's logits added to an empty mask make it the object.
         let lift = vec![2.0f32; 256];
-        let (fl, scores, _) =
-            first_fit(&job(0.0, 10), &order, &prompt, &q, &mf, &lb, Some(&lift)).unwrap();
+        let (fl, scores, _) = first_fit(
+            (&job(0.0, 10), 10),
+            &order,
+            &prompt,
+            &q,
+            &mf,
+            &lb,
+            Some(&lift),
+        )
+        .unwrap();
         assert_eq!(scores, (1.0, 0.5));
         assert!(fl.iter().all(|&v| v > 0.0));
     }

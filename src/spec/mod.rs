@@ -423,6 +423,15 @@ pub struct TargetSpec {
     /// rerank / fused: weight of a candidate's IoU with the object's mask on the previous frame.
     #[serde(default)]
     pub previous: f32,
+    /// Any mode: a candidate smaller than this fraction of the object's mask on the frame before is
+    /// passed over for the next (0: off). Objects rarely shrink tenfold from one frame to the next; a
+    /// mask that does is mostly a part of the object that matched its memory.
+    #[serde(default = "default_target_shrink")]
+    pub shrink: f32,
+    /// rerank / fused: when no candidate fits (none passed the filters, or each is too small), the
+    /// target model's own mask is the object's, as in `target` mode (false: the object is not found).
+    #[serde(default = "yes")]
+    pub fallback: bool,
     /// Learn online from the tracker's own output every this many frames (0: never).
     #[serde(default)]
     pub update_every: u64,
@@ -507,6 +516,8 @@ impl Default for TargetSpec {
             augment: true,
             weight: default_target_weight(),
             previous: 0.0,
+            shrink: default_target_shrink(),
+            fallback: true,
             update_every: 0,
             readout: ReadoutSpec::default(),
         }
@@ -521,6 +532,9 @@ fn default_target_agreement() -> f32 {
 }
 fn default_target_weight() -> f32 {
     1.0
+}
+fn default_target_shrink() -> f32 {
+    0.1
 }
 
 /// How the propagate job makes an object's mask on a frame.
@@ -999,6 +1013,11 @@ impl PipelineSpec {
                 ));
             }
         }
+        if !(0.0..1.0).contains(&t.shrink) {
+            return Err(
+                "job.target.shrink: must be at least 0 (off) and below 1 (e.g. 0.1)".into(),
+            );
+        }
         let r = &t.readout;
         if !(0.0..=1.0).contains(&r.weight) {
             return Err(
@@ -1275,6 +1294,8 @@ mod tests {
             ("job.target.readout.weight=1.5", "readout.weight"),
             ("job.target.readout.temperature=0", "readout.temperature"),
             ("job.target.readout.top_k=0", "top_k"),
+            ("job.target.shrink=1", "job.target.shrink"),
+            ("job.target.shrink=-0.1", "job.target.shrink"),
             ("job.refine.radius=0", "job.refine.radius"),
             ("job.focus.edges=-1", "job.focus.edges"),
             ("job.refine.eps=-1", "job.refine.eps"),
