@@ -1,7 +1,7 @@
 """DAVIS-2016 J&F of the propagate job under job settings that `vprompt propagate` has no flag for.
 
-For each setting and sequence it writes a pipeline (the propagate job with the given `job:` keys, a
-palette PNG sink), runs `vprompt run` on it, and scores the masks with `vprompt eval davis`; one line per
+For each sequence it writes a pipeline (the propagate job, a palette PNG sink); for each setting it runs
+`vprompt run` on it with the setting's keys as `--set job.KEY=VALUE` (so vprompt parses and checks them), and scores the masks with `vprompt eval davis`; one line per
 setting: J&F over the sequences and per sequence. Tune on training sequences only (the default: the 24
 that are not dev-val); measure dev-val once, with the chosen setting.
 
@@ -9,7 +9,7 @@ Usage (repository root, after make build):
   python3 tools/video_proto/job_sweep.py --model DIR --out OUT \
       --setting 'default=' --setting 'prev1=target.previous=1.0' \
       --setting 'agr2=target.agreement=2.0,target.previous=0.5' [--seqs a,b,c] [--json OUT/sweep.json]
-A setting is NAME=KEY=VALUE[,KEY=VALUE...] with dotted keys under `job:` (values parsed as YAML scalars).
+A setting is NAME=KEY=VALUE[,KEY=VALUE...] with dotted keys under `job:`.
 """
 import argparse
 import json
@@ -20,26 +20,10 @@ import sys
 DEV = ["bear", "car-turn", "dance-jump", "kite-walk", "soccerball", "stroller"]
 
 
-def scalar(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text, text)
-
-
 def parse_setting(text):
+    """`NAME=K=V,K=V` -> (NAME, the `vprompt run` arguments that set job.K=V)."""
     name, _, rest = text.partition("=")
-    job = {"kind": "propagate"}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        node = job
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = scalar(value)
-    return name, job
+    return name, [a for item in filter(None, rest.split(",")) for a in ("--set", f"job.{item}")]
 
 
 def main():
@@ -56,7 +40,7 @@ def main():
     seqs = args.seqs.split(",") if args.seqs else [s for s in every if s not in DEV]
     results = {}
     for text in args.setting:
-        name, job = parse_setting(text)
+        name, sets = parse_setting(text)
         root = os.path.abspath(os.path.join(args.out, name))
         pred = os.path.join(root, "pred")
         for s in seqs:
@@ -72,17 +56,17 @@ def main():
                 "source": {"frames": os.path.abspath(os.path.join(args.data, "JPEGImages", s))},
                 "model": os.path.abspath(args.model),
                 "prompts": prompts,
-                "job": job,
+                "job": {"kind": "propagate"},
                 "sinks": [{"kind": "palette_png", "dir": os.path.join(tmp, s)}],
             }
             path = os.path.join(tmp, f"{s}.json")
             with open(path, "w") as f:
                 json.dump(spec, f)
-            done = subprocess.run([args.bin, "run", path, "--quiet"], capture_output=True, text=True)
+            done = subprocess.run([args.bin, "run", path, "--quiet", *sets], capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"{name} / {s}: vprompt run failed:\n{done.stderr}")
             os.makedirs(pred, exist_ok=True)
-            os.rename(os.path.join(root, "tmp", s), os.path.join(pred, s))
+            os.rename(os.path.join(tmp, s), os.path.join(pred, s))
         jf = os.path.join(root, "jf.json")
         subprocess.run([args.bin, "eval", "davis", "--pred", pred, "--gt", os.path.join(args.data, "Annotations"),
                         "--sequences", ",".join(seqs), "--json", jf], check=True, capture_output=True)
