@@ -303,9 +303,9 @@ impl Tracker {
                         lb,
                         fuse.as_deref(),
                     )
-                    .or_else(|| {
-                        let fallback = self.job.target.fallback;
-                        fallback.then(|| target_pick((&cells, gw, gh), size, lb, min_area))?
+                    .or_else(|| match self.job.target.fallback {
+                        true => target_pick((&cells, gw, gh), size, lb, min_area),
+                        false => None,
                     })
                 }
             };
